@@ -1,0 +1,36 @@
+# robofm: `make demo` runs the main job on the embedded demo dataset, `make test` the whole test suite.
+# Both create .venv (Python 3.12) and install robofm into it when needed.
+
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+DEMO_SRC := datasets/metaworld_mt10
+DEMO_OUT := outputs/demo
+
+# python3.12 from PATH, else a pyenv-installed 3.12 (whose shim only answers when 3.12 is selected)
+PYTHON312 ?= $(shell for p in python3.12 $$HOME/.pyenv/versions/3.12*/bin/python3.12 /usr/local/bin/python3.12 /usr/bin/python3.12; do \
+	  $$p -c 'import sys; assert sys.version_info[:2] == (3, 12)' >/dev/null 2>&1 && { echo $$p; break; }; done)
+
+.PHONY: demo test bench lint clean
+
+$(VENV)/.installed: pyproject.toml
+	@test -n "$(PYTHON312)" || { echo "Python 3.12 not found: install it and make python3.12 runnable"; exit 1; }
+	test -x $(PY) || $(PYTHON312) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $@
+
+demo: $(VENV)/.installed
+	$(VENV)/bin/robofm-convert lerobot $(DEMO_SRC) --out $(DEMO_OUT)/store --overwrite --workers 2
+
+test: $(VENV)/.installed
+	$(VENV)/bin/pytest -q
+
+bench: $(VENV)/.installed
+	$(PY) benchmarks/loader.py
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check robofm tests benchmarks scripts
+
+clean:
+	rm -rf $(VENV) outputs .pytest_cache

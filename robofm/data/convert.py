@@ -1,0 +1,361 @@
+"""`robofm-convert`: LeRobot v3, HDF5 and video+telemetry episodes into one episode store.
+
+Exit status: 0 every episode was kept or deliberately dropped; 3 some failed and others converted;
+1 none converted; 2 usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections import Counter, deque
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from multiprocessing import get_context
+from pathlib import Path
+
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from robofm import __version__
+from robofm.data.episode import Episode, content_hash, motion, resample, resize_frames
+from robofm.data.sources.base import EpisodeRef, Source
+from robofm.data.store import QUALITY, EpisodeStore, StoreWriter, split_from_hash, write_json_atomic
+from robofm.errors import EpisodeError, RobofmError, StoreError, UsageError
+
+EXIT_OK, EXIT_NONE, EXIT_USAGE, EXIT_PARTIAL = 0, 1, 2, 3
+
+
+@dataclass
+class ConvertOptions:
+    """Everything about a conversion except where episodes come from."""
+
+    out: Path
+    resolution: tuple[int, int] | None = (96, 96)  # None keeps the first episode's resolution
+    resize_mode: str = "crop"
+    fps: float | None = None
+    cameras: list[str] | None = None
+    workers: int = 1
+    shard_size_mb: float = 1024
+    compression: str = "lzf"
+    embodiment: str | None = None
+    mode: str = "create"  # create | overwrite | append
+    strict: bool = False
+    val_fraction: float = 0.1
+    drop_duplicates: bool = True
+    drop_idle: bool = True
+    idle_action_std: float = 1e-4
+    idle_frame_change: float = 0.5
+    argv: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Prepared:
+    """An episode ready to write, or the reason it could not be read."""
+
+    ref: EpisodeRef
+    episode: Episode | None = None
+    content_hash: str = ""
+    motion: dict | None = None
+    error: str = ""
+
+
+def prepare(source: Source, ref: EpisodeRef, opts: ConvertOptions) -> Prepared:
+    """Load, check, resample and resize one episode. Runs in a worker process."""
+    try:
+        ep = source.load(ref)
+        if opts.embodiment:
+            ep.embodiment = opts.embodiment
+        ep.validate()
+        if opts.cameras:
+            missing = [c for c in opts.cameras if c not in ep.frames]
+            if missing:
+                raise ep.fail(f"camera(s) {missing} not found; the episode has {sorted(ep.frames)}")
+            ep.frames = {c: ep.frames[c] for c in opts.cameras}
+        if opts.fps:  # the store's rate: the source's own unless --fps asks for another
+            ep = resample(ep, opts.fps)
+        if opts.resolution:
+            ep.frames = {c: resize_frames(fr, opts.resolution, opts.resize_mode) for c, fr in ep.frames.items()}
+        return Prepared(ref, ep, content_hash(ep), motion(ep))
+    except EpisodeError as e:
+        return Prepared(ref, error=str(e))
+    except Exception as e:  # an unexpected decoder failure is still this episode's failure, not the run's
+        return Prepared(ref, error=str(EpisodeError(f"{type(e).__name__}: {e}", file=ref.source, episode=ref.index)))
+
+
+def _worker_init() -> None:
+    torch.set_num_threads(1)  # parallelism comes from the processes
+
+
+def _prepared_in_order(source: Source, refs: list[EpisodeRef], opts: ConvertOptions) -> Iterator[Prepared]:
+    """Prepared episodes in source order. With workers > 1 a fork pool decodes ahead, at most 2 episodes per
+    worker, so memory stays bounded. Every worker is forked when the pool starts, before the writer opens
+    any HDF5 file, so no child inherits an open shard."""
+    if opts.workers <= 1:
+        for ref in refs:
+            yield prepare(source, ref, opts)
+        return
+    with get_context("fork").Pool(opts.workers, initializer=_worker_init) as pool:
+        pending: deque = deque()
+        for ref in refs:
+            pending.append(pool.apply_async(prepare, (source, ref, opts)))
+            if len(pending) >= 2 * opts.workers:
+                yield pending.popleft().get()
+        while pending:
+            yield pending.popleft().get()
+
+
+@dataclass
+class Summary:
+    kept: int = 0
+    skipped_existing: int = 0
+    failed: int = 0
+    frames: int = 0
+    dropped: Counter = field(default_factory=Counter)
+    bytes_written: int = 0
+    seconds: float = 0.0
+    failures: list[str] = field(default_factory=list)
+
+    @property
+    def exit_code(self) -> int:
+        if self.failed == 0:
+            return EXIT_OK
+        return EXIT_PARTIAL if self.kept or self.skipped_existing else EXIT_NONE
+
+
+def convert(source: Source, opts: ConvertOptions, console: Console | None = None) -> Summary:
+    """Convert every episode of `source` into the store at opts.out and return what happened."""
+    console = console or Console(stderr=True)
+    refs = source.episodes()
+    if not refs:
+        raise UsageError(f"{source}: no episodes found")
+    opts.fps = opts.fps or source.fps
+    writer = _open_existing(opts) if opts.mode == "append" and (opts.out / "manifest.json").exists() else None
+    preexisting = set(writer.hash_to_id) if writer else set()
+    summary, start, early = Summary(), time.perf_counter(), []
+    columns = [TextColumn("[bold]converting"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
+               TimeElapsedColumn()]  # fmt: skip
+    with Progress(*columns, console=console, transient=False) as bar:
+        task = bar.add_task("episodes", total=len(refs), rate="")
+        for p in _prepared_in_order(source, refs, opts):
+            if p.episode is not None and writer is None:
+                writer = _new_writer(p.episode, opts, source)
+            entry = _admit(p, writer, preexisting, opts, summary, console)
+            if entry is not None:
+                early.append(entry)
+            if writer is not None:
+                for e in early:
+                    writer.record(e)
+                early = []
+            elapsed = time.perf_counter() - start
+            n_done = bar.tasks[0].completed + 1
+            bar.update(task, advance=1, rate=f"{n_done / elapsed:.1f} ep/s {summary.frames / elapsed:.0f} frames/s")
+            if opts.strict and p.episode is None:
+                console.print("[red]--strict: stopped at the first failure[/red]")
+                break
+    if writer is not None:
+        writer.close()
+        summary.bytes_written = sum(f.stat().st_size for f in (opts.out / "shards").glob("*.h5"))
+    else:  # nothing converted: the verdicts are still written so that the failures can be read
+        opts.out.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(opts.out / QUALITY, early)
+    summary.seconds = time.perf_counter() - start
+    return summary
+
+
+def _admit(p: Prepared, writer: StoreWriter | None, preexisting: set[str], opts: ConvertOptions,
+           summary: Summary, console: Console) -> dict | None:  # fmt: skip
+    """Decide what happens to one prepared episode; write it if kept. Returns its quality.json entry."""
+    entry = {"source": p.ref.source, "source_index": p.ref.index}
+    ep = p.episode
+    if ep is not None and set(ep.frames) != set(writer.cameras):
+        p = Prepared(p.ref, error=str(ep.fail(f"cameras {sorted(ep.frames)} differ from the store's "
+                                              f"{sorted(writer.cameras)}; choose them with --cameras")))  # fmt: skip
+    if p.episode is None:
+        return _failed(entry, p.error, summary, console)
+    if p.content_hash in preexisting:
+        summary.skipped_existing += 1  # --append of an episode the store already has: its verdict stands
+        return None
+    if opts.drop_duplicates and p.content_hash in writer.hash_to_id:
+        summary.dropped["duplicate"] += 1
+        return {**entry, "status": "dropped", "reason": "duplicate", "duplicate_of": writer.hash_to_id[p.content_hash]}
+    m = p.motion
+    if opts.drop_idle and max(m["action_std"], m["state_std"]) < opts.idle_action_std and (
+        m["frame_change"] < opts.idle_frame_change
+    ):
+        summary.dropped["idle"] += 1
+        return {**entry, "status": "dropped", "reason": "idle", "value": m}
+    for cam, (h, w) in writer.cameras.items():  # --resolution native: later episodes follow the first one
+        if ep.frames[cam].shape[1:3] != (h, w):
+            ep.frames[cam] = resize_frames(ep.frames[cam], (h, w), opts.resize_mode)
+    try:
+        info = writer.add(ep, p.content_hash, ep.split or split_from_hash(p.content_hash, opts.val_fraction))
+    except EpisodeError as e:
+        return _failed(entry, str(e), summary, console)
+    summary.kept += 1
+    summary.frames += ep.length
+    return {**entry, "status": "kept", "episode_id": info.id, "split": info.split, "value": m}
+
+
+def _failed(entry: dict, error: str, summary: Summary, console: Console) -> dict:
+    summary.failed += 1
+    summary.failures.append(error)
+    console.print(f"[red]failed[/red] {error}")
+    return {**entry, "status": "failed", "reason": "error", "message": error}
+
+
+def _open_existing(opts: ConvertOptions) -> StoreWriter:
+    store = EpisodeStore(opts.out)
+    cams = {c: tuple(hw) for c, hw in store.manifest["cameras"].items()}
+    if opts.resolution:
+        want = {c: tuple(opts.resolution) for c in cams}
+        if want != cams:
+            raise UsageError(f"{opts.out} stores cameras at {cams}; convert with the same --resolution to append")
+    return StoreWriter(opts.out, fps=opts.fps or store.fps, cameras=cams, mode="append",
+                       shard_size_mb=opts.shard_size_mb, compression=opts.compression,
+                       provenance=_provenance(opts))  # fmt: skip
+
+
+def _new_writer(ep: Episode, opts: ConvertOptions, source: Source) -> StoreWriter:
+    cams = {c: fr.shape[1:3] for c, fr in ep.frames.items()}
+    return StoreWriter(opts.out, fps=opts.fps, cameras=cams, mode=opts.mode, shard_size_mb=opts.shard_size_mb,
+                       compression=opts.compression, provenance=_provenance(opts, source))  # fmt: skip
+
+
+def _provenance(opts: ConvertOptions, source: Source | None = None) -> dict:
+    return {
+        "converter": "robofm-convert",
+        "source": str(source) if source is not None else None,
+        "arguments": opts.argv,
+        "robofm_version": __version__,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
+def print_summary(summary: Summary, out: Path, console: Console) -> None:
+    table = Table(title=f"robofm-convert -> {out}", show_header=True)
+    table.add_column("")
+    table.add_column("count", justify="right")
+    table.add_row("episodes kept", str(summary.kept))
+    if summary.skipped_existing:
+        table.add_row("already in the store (skipped)", str(summary.skipped_existing))
+    for reason, n in sorted(summary.dropped.items()):
+        table.add_row(f"dropped: {reason}", str(n))
+    table.add_row("failed", str(summary.failed))
+    table.add_row("frames written", str(summary.frames))
+    table.add_row("bytes on disk (shards)", f"{summary.bytes_written / 2**20:.1f} MiB")
+    table.add_row("seconds", f"{summary.seconds:.1f}")
+    console.print(table)
+    if summary.failed or summary.dropped:
+        console.print(f"Every verdict with its reason: {out / QUALITY}")
+
+
+def print_store_summary(root: Path, console: Console) -> None:
+    """The dataset summary a person reads before training on a store."""
+    s = EpisodeStore(root).summary()
+    table = Table(title=f"episode store {root}")
+    table.add_column("")
+    table.add_column("")
+    table.add_row("episodes", f"{s['episodes']} ({', '.join(f'{k}: {v}' for k, v in s['splits'].items())})")
+    table.add_row("frames", f"{s['frames']} ({s['hours'] * 60:.1f} min at {s['fps']:g} fps)")
+    table.add_row("cameras", ", ".join(f"{c} {h}x{w}" for c, (h, w) in s["cameras"].items()))
+    table.add_row("tasks", str(s["tasks"]))
+    for name, emb in s["embodiments"].items():
+        table.add_row(f"embodiment {name}", f"state {emb['state_dim']}, action {emb['action_dim']}")
+    console.print(table)
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def _resolution(text: str) -> tuple[int, int] | None:
+    if text == "native":
+        return None
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+        if h <= 0 or w <= 0:
+            raise ValueError
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected HxW (e.g. 96x96) or 'native', got {text!r}") from None
+    return h, w
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from robofm.data.sources import SOURCE_MODULES, source_module
+
+    parser = argparse.ArgumentParser(
+        prog="robofm-convert",
+        description="Convert robot episodes into a robofm episode store (HDF5 shards + manifest.json, stats.json, "
+        "quality.json). Exit status: 0 all episodes kept or deliberately dropped, 3 some failed, 1 none converted, "
+        "2 usage error.",
+    )
+    sub = parser.add_subparsers(dest="kind", required=True, metavar="{" + ",".join(SOURCE_MODULES) + "}")
+    for name in SOURCE_MODULES:
+        module = source_module(name)
+        p = sub.add_parser(name, help=module.HELP, description=module.HELP)
+        module.add_arguments(p)
+        common = p.add_argument_group("store options")
+        common.add_argument("--out", type=Path, required=True, help="store folder to write")
+        common.add_argument("--resolution", type=_resolution, default=(96, 96), metavar="HxW",
+                            help="frame size in the store (default 96x96), or 'native' to keep the source size. "
+                                 "The aspect ratio is kept: frames are centre-cropped to HxW's aspect, then resized "
+                                 "with antialiasing (see --resize-mode)")  # fmt: skip
+        common.add_argument("--resize-mode", choices=["crop", "pad", "stretch"], default="crop",
+                            help="crop: centre-crop to the target aspect (default); pad: letterbox with black, "
+                                 "nothing cut; stretch: ignore the aspect ratio")  # fmt: skip
+        common.add_argument("--fps", type=float, help="store frame rate; episodes are resampled by timestamp "
+                            "(frames: nearest, state/action: linear). Default: the source's rate")  # fmt: skip
+        common.add_argument("--cameras", type=lambda s: s.split(","), help="comma-separated cameras to keep")
+        common.add_argument("--workers", type=int, default=1, help="processes decoding episodes in parallel")
+        common.add_argument("--shard-size", type=float, default=1024, metavar="MB",
+                            help="start a new shard after this many MB of raw frames (default 1024)")  # fmt: skip
+        common.add_argument("--compression", choices=["none", "lzf", "gzip"], default="lzf")
+        common.add_argument("--embodiment", help="embodiment name for every episode (default: the source's)")
+        mode = common.add_mutually_exclusive_group()
+        mode.add_argument("--overwrite", action="store_true", help="replace an existing store at --out")
+        mode.add_argument("--append", action="store_true",
+                          help="add to an existing store, skipping episodes whose content hash it already has")  # fmt: skip
+        common.add_argument("--strict", action="store_true", help="stop at the first episode that fails")
+        common.add_argument("--val-fraction", type=float, default=0.1,
+                            help="share of episodes in the 'val' split, assigned from the content hash")  # fmt: skip
+        common.add_argument("--keep-duplicates", action="store_true", help="do not drop exact duplicates")
+        common.add_argument("--keep-idle", action="store_true", help="do not drop idle episodes")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from robofm.data.sources import source_module
+
+    argv = sys.argv[1:] if argv is None else argv
+    console = Console(stderr=True)
+    parser = build_parser()
+    args = parser.parse_args(argv)  # exits with 2 on a usage error
+    opts = ConvertOptions(
+        out=args.out, resolution=args.resolution, resize_mode=args.resize_mode, fps=args.fps, cameras=args.cameras,
+        workers=args.workers, shard_size_mb=args.shard_size, compression=args.compression,
+        embodiment=args.embodiment, mode="overwrite" if args.overwrite else "append" if args.append else "create",
+        strict=args.strict, val_fraction=args.val_fraction, drop_duplicates=not args.keep_duplicates,
+        drop_idle=not args.keep_idle, argv=["robofm-convert", *argv],
+    )  # fmt: skip
+    try:
+        if opts.mode == "create" and (opts.out / "manifest.json").exists():
+            raise UsageError(f"{opts.out} already holds a store: pass --overwrite to replace it or --append to add")
+        source = source_module(args.kind).from_args(args)
+        summary = convert(source, opts, console)
+    except (UsageError, StoreError) as e:
+        console.print(f"[red]error:[/red] {e}")
+        return EXIT_USAGE
+    except RobofmError as e:
+        console.print(f"[red]error:[/red] {e}")
+        return EXIT_NONE
+    print_summary(summary, opts.out, console)
+    if summary.kept or summary.skipped_existing:
+        print_store_summary(opts.out, console)
+    return summary.exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

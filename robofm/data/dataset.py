@@ -1,0 +1,170 @@
+"""EpisodeWindowDataset: random K-step windows of episodes from one or several stores, for training.
+
+A window of K observation steps at stride s starting at frame f covers frames f, f+s, ..., f+K*s: the
+frames at steps 0..K-1 are observations and the frame at step K is the target of the last frame
+prediction. Between step k and k+1 lie the s actions of frames f+k*s .. f+(k+1)*s-1 (the action chunk).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from robofm.data.store import EpisodeInfo, EpisodeStore
+from robofm.errors import UsageError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class StoreSpec:
+    """One store of a mixture and its sampling weight (None: proportional to its number of windows)."""
+
+    path: str | Path
+    weight: float | None = None
+
+
+class EpisodeWindowDataset(torch.utils.data.Dataset):
+    """Map-style dataset: item i of epoch e is drawn from a generator seeded by (seed, e, global index), so
+    samples do not depend on num_workers, batch order or restarts. Rank r of world_size w sees global
+    indices r, r + w, r + 2w, ...: every rank draws different windows.
+
+    Items (collatable by torch's default_collate), with C cameras, K steps, s stride:
+      frames        uint8   [C, K+1, H, W, 3]   camera_mask bool [C] (False for a camera the store lacks)
+      state         float32 [K, Ds]             state_mask  bool [Ds]  (Ds: largest state dim of the mixture)
+      actions       float32 [K, s, Da]          action_mask bool [Da], has_action bool
+      frame_index   int64   [K+1]               timestamp float64 [K+1]
+      task, embodiment, episode_id: str; store: int (index into `stores`)
+    State and actions are in robot units; normalization uses `stats(store, embodiment)`.
+    """
+
+    def __init__(
+        self,
+        stores: str | Path | StoreSpec | Sequence[str | Path | StoreSpec],
+        window_len: int,
+        stride: int = 1,
+        *,
+        split: str | None = "train",
+        cameras: Sequence[str] | None = None,
+        seed: int = 0,
+        samples_per_epoch: int | None = None,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
+        if window_len < 1 or stride < 1:
+            raise UsageError(f"window_len and stride must be >= 1, got {window_len} and {stride}")
+        if not 0 <= rank < world_size:
+            raise UsageError(f"rank {rank} is outside world_size {world_size}")
+        specs = [s if isinstance(s, StoreSpec) else StoreSpec(s) for s in _as_list(stores)]
+        self.stores = [EpisodeStore(s.path) for s in specs]
+        self.window_len, self.stride, self.split, self.seed = window_len, stride, split, seed
+        self.rank, self.world_size, self.epoch = rank, world_size, 0
+        self.cameras = list(cameras) if cameras else list(dict.fromkeys(c for st in self.stores for c in st.cameras))
+        self._check_cameras()
+        span = window_len * stride + 1  # frames a window covers
+        self.episodes: list[list[EpisodeInfo]] = []
+        self.cum_windows: list[np.ndarray] = []
+        self.too_short: list[tuple[str, str, int]] = []  # (store, episode, length): reported, never silently lost
+        for st in self.stores:
+            eps = [e for e in st.episodes if split is None or e.split == split]
+            usable = [e for e in eps if e.length >= span]
+            self.too_short += [(str(st.root), e.id, e.length) for e in eps if e.length < span]
+            self.episodes.append(usable)
+            self.cum_windows.append(np.cumsum([e.length - span + 1 for e in usable]))
+        if self.too_short:
+            log.warning("%d episodes are shorter than a window of %d frames and are not sampled: %s",
+                        len(self.too_short), span, self.too_short[:5])  # fmt: skip
+        windows = np.array([c[-1] if len(c) else 0 for c in self.cum_windows], dtype=np.float64)
+        if windows.sum() == 0:
+            raise UsageError(f"no episode in split {split!r} of {[str(s.path) for s in specs]} is long enough for "
+                             f"a window of {window_len} steps at stride {stride} ({span} frames)")  # fmt: skip
+        weights = np.array([windows[i] if s.weight is None else s.weight for i, s in enumerate(specs)], np.float64)
+        weights[windows == 0] = 0.0
+        self.weights = weights / weights.sum()
+        self.samples_per_epoch = int(samples_per_epoch or windows.sum())
+        self.state_dim = max(e["state_dim"] for st in self.stores for e in st.manifest["embodiments"].values())
+        self.action_dim = max(e["action_dim"] or 0 for st in self.stores for e in st.manifest["embodiments"].values())
+
+    def _check_cameras(self) -> None:
+        sizes = {tuple(hw) for st in self.stores for c, hw in st.manifest["cameras"].items() if c in self.cameras}
+        if len(sizes) > 1:
+            detail = {str(st.root): st.manifest["cameras"] for st in self.stores}
+            raise UsageError(f"stores of one mixture must share a frame size; got {detail}: convert with one --resolution")
+        for c in self.cameras:
+            if not any(c in st.cameras for st in self.stores):
+                raise UsageError(f"camera {c!r} is in none of the stores; they have {[st.cameras for st in self.stores]}")
+        self.frame_size = sizes.pop()
+
+    def set_epoch(self, epoch: int) -> None:
+        """Draw a different set of windows in each epoch (call before iterating, like DistributedSampler)."""
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(range(self.rank, self.samples_per_epoch, self.world_size))
+
+    def stats(self, store: int, embodiment: str) -> dict:
+        return self.stores[store].stats[embodiment]
+
+    def locate(self, index: int) -> tuple[int, EpisodeInfo, int]:
+        """(store, episode, first frame) of item `index` of this rank in the current epoch."""
+        if not 0 <= index < len(self):
+            raise IndexError(f"index {index} out of range for {len(self)} samples")
+        rng = np.random.default_rng([self.seed, self.epoch, self.rank + index * self.world_size])
+        s = int(rng.choice(len(self.stores), p=self.weights))
+        w = int(rng.integers(self.cum_windows[s][-1]))
+        e = int(np.searchsorted(self.cum_windows[s], w, side="right"))
+        start = w - (int(self.cum_windows[s][e - 1]) if e > 0 else 0)
+        return s, self.episodes[s][e], start
+
+    def __getitem__(self, index: int) -> dict:
+        s, info, start = self.locate(index)
+        return self.read_window(s, info, start)
+
+    def read_window(self, s: int, info: EpisodeInfo, start: int) -> dict:
+        k, stride = self.window_len, self.stride
+        g = self.stores[s].group(info.id)
+        steps = slice(start, start + k * stride + 1, stride)
+        h, w = self.frame_size
+        frames = np.zeros((len(self.cameras), k + 1, h, w, 3), dtype=np.uint8)
+        camera_mask = np.zeros(len(self.cameras), dtype=bool)
+        for c, cam in enumerate(self.cameras):
+            if cam in g["frames"]:
+                frames[c] = g["frames"][cam][steps]
+                camera_mask[c] = True
+        state = np.zeros((k, self.state_dim), dtype=np.float32)
+        raw_state = g["state"][start : start + k * stride : stride]
+        state[:, : raw_state.shape[1]] = raw_state
+        actions = np.zeros((k, stride, self.action_dim), dtype=np.float32)
+        action_mask = np.zeros(self.action_dim, dtype=bool)
+        if "action" in g:
+            raw = g["action"][start : start + k * stride]
+            actions[..., : raw.shape[1]] = raw.reshape(k, stride, raw.shape[1])
+            action_mask[: raw.shape[1]] = True
+        state_mask = np.zeros(self.state_dim, dtype=bool)
+        state_mask[: raw_state.shape[1]] = True
+        return {
+            "frames": torch.from_numpy(frames),
+            "camera_mask": torch.from_numpy(camera_mask),
+            "state": torch.from_numpy(state),
+            "state_mask": torch.from_numpy(state_mask),
+            "actions": torch.from_numpy(actions),
+            "action_mask": torch.from_numpy(action_mask),
+            "has_action": "action" in g,
+            "frame_index": torch.arange(start, start + k * stride + 1, stride),
+            "timestamp": torch.from_numpy(g["timestamp"][steps]),
+            "task": info.task,
+            "embodiment": info.embodiment,
+            "episode_id": info.id,
+            "store": s,
+        }
+
+
+def _as_list(stores) -> list:
+    if isinstance(stores, (str, Path, StoreSpec)):
+        return [stores]
+    return list(stores)

@@ -1,0 +1,163 @@
+"""One episode in memory, as every converter produces it, with the checks and transforms it goes through."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from robofm.errors import EpisodeError
+
+
+@dataclass
+class Episode:
+    """A decoded episode. T is the number of frames; every array shares it.
+
+    frames: camera -> uint8 [T, H, W, 3]; state: float32 [T, Ds]; action: float32 [T, Da] or None for
+    action-free video; timestamp: float64 [T] seconds, strictly increasing.
+    """
+
+    frames: dict[str, np.ndarray]
+    state: np.ndarray
+    action: np.ndarray | None
+    timestamp: np.ndarray
+    task: str
+    source: str
+    source_index: str
+    embodiment: str = "default"
+    split: str | None = None  # set when the source defines splits (robomimic masks); else assigned by hash
+    state_names: list[str] | None = None
+    action_names: list[str] | None = None
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def length(self) -> int:
+        return len(self.timestamp)
+
+    def fail(self, problem: str) -> EpisodeError:
+        return EpisodeError(problem, file=self.source, episode=self.source_index)
+
+    def validate(self) -> None:
+        """Raise EpisodeError naming the first problem found; return None for a usable episode."""
+        t = self.length
+        if t == 0:
+            raise self.fail("episode has no frames")
+        if not self.frames:
+            raise self.fail("episode has no camera")
+        for cam, fr in self.frames.items():
+            if fr.ndim != 4 or fr.shape[-1] != 3:
+                raise self.fail(f"camera {cam!r}: expected frames [T, H, W, 3], got shape {tuple(fr.shape)}")
+            if fr.dtype != np.uint8:
+                raise self.fail(f"camera {cam!r}: expected uint8 frames, got {fr.dtype}")
+            if len(fr) != t:
+                raise self.fail(f"camera {cam!r} has {len(fr)} frames but the episode has {t} timestamps")
+        for name, arr in (("state", self.state), ("action", self.action)):
+            if arr is None:
+                continue
+            if arr.ndim != 2:
+                raise self.fail(f"{name}: expected [T, D], got shape {tuple(arr.shape)}")
+            if len(arr) != t:
+                raise self.fail(f"{name} has {len(arr)} steps but the frames have {t}")
+            bad = ~np.isfinite(arr)
+            if bad.any():
+                step, dim = np.argwhere(bad)[0]
+                raise self.fail(f"{name} has {int(bad.sum())} NaN/Inf values (first at step {step}, dim {dim})")
+        ts = self.timestamp
+        if not np.isfinite(ts).all():
+            raise self.fail("timestamp has NaN/Inf values")
+        if t > 1 and not (np.diff(ts) > 0).all():
+            step = int(np.argmax(np.diff(ts) <= 0))
+            raise self.fail(f"timestamps are not increasing at step {step + 1} ({ts[step]:.6f} -> {ts[step + 1]:.6f})")
+
+
+def resize_frames(frames: np.ndarray, size: tuple[int, int], mode: str = "crop", chunk: int = 64) -> np.ndarray:
+    """Resize uint8 [T, H, W, 3] frames to size (h, w) with antialiasing.
+
+    mode: "crop" centre-crops to the target aspect ratio first (nothing is stretched, borders are lost),
+    "pad" letterboxes with black (nothing is lost), "stretch" ignores the aspect ratio.
+    """
+    h, w = size
+    t, fh, fw, _ = frames.shape
+    if (fh, fw) == (h, w):
+        return frames
+    if mode == "crop":
+        if fw * h > fh * w:  # too wide
+            cw = round(fh * w / h)
+            x0 = (fw - cw) // 2
+            frames = frames[:, :, x0 : x0 + cw]
+        else:
+            ch = round(fw * h / w)
+            y0 = (fh - ch) // 2
+            frames = frames[:, y0 : y0 + ch]
+        inner = (h, w)
+    elif mode == "pad":
+        scale = min(h / fh, w / fw)
+        inner = (max(1, round(fh * scale)), max(1, round(fw * scale)))
+    elif mode == "stretch":
+        inner = (h, w)
+    else:
+        raise ValueError(f"unknown resize mode {mode!r}: use crop, pad or stretch")
+    out = np.zeros((t, h, w, 3), dtype=np.uint8)
+    y0, x0 = (h - inner[0]) // 2, (w - inner[1]) // 2
+    for i in range(0, t, chunk):
+        x = torch.from_numpy(np.ascontiguousarray(frames[i : i + chunk])).permute(0, 3, 1, 2).float()  # (B, 3, H, W)
+        x = F.interpolate(x, size=inner, mode="bilinear", antialias=True, align_corners=False)
+        out[i : i + chunk, y0 : y0 + inner[0], x0 : x0 + inner[1]] = (
+            x.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+        )
+    return out
+
+
+def resample(ep: Episode, fps: float) -> Episode:
+    """Resample an episode onto a regular timeline at `fps`, from its first to its last timestamp.
+
+    Frames take the nearest source frame; state and action are linearly interpolated per dimension.
+    """
+    ts = ep.timestamp
+    n = int(np.floor((ts[-1] - ts[0]) * fps + 1e-6)) + 1
+    target = ts[0] + np.arange(n) / fps
+    if n == len(ts) and np.allclose(target, ts, atol=0.25 / fps):
+        return ep
+    right = np.clip(np.searchsorted(ts, target), 1, len(ts) - 1) if len(ts) > 1 else np.zeros(n, dtype=int)
+    left = np.maximum(right - 1, 0)
+    nearest = np.where(np.abs(ts[left] - target) <= np.abs(ts[right] - target), left, right)
+
+    def interp(arr: np.ndarray | None) -> np.ndarray | None:
+        if arr is None:
+            return None
+        return np.stack([np.interp(target, ts, arr[:, d]) for d in range(arr.shape[1])], axis=1).astype(np.float32)
+
+    ep.frames = {cam: fr[nearest] for cam, fr in ep.frames.items()}
+    ep.state, ep.action = interp(ep.state), interp(ep.action)
+    ep.timestamp = target
+    return ep
+
+
+def content_hash(ep: Episode) -> str:
+    """Hash of the actions, the state and 16x16 downsampled frames: equal for exact duplicates."""
+    h = hashlib.blake2b(digest_size=16)
+    for arr in (ep.action, ep.state):
+        if arr is not None:
+            h.update(np.ascontiguousarray(arr, dtype=np.float32).tobytes())
+    for cam in sorted(ep.frames):
+        fr = ep.frames[cam]
+        step_h, step_w = max(1, fr.shape[1] // 16), max(1, fr.shape[2] // 16)
+        h.update(np.ascontiguousarray(fr[:, ::step_h, ::step_w]).tobytes())
+    return h.hexdigest()
+
+
+def motion(ep: Episode) -> dict[str, float]:
+    """How much an episode moves: largest per-dimension std of action and state, and the largest mean
+    absolute change of any frame against the first one, in grey levels (0..255)."""
+    out = {}
+    for name, arr in (("action_std", ep.action), ("state_std", ep.state)):
+        out[name] = float(arr.std(axis=0).max()) if arr is not None and arr.size else 0.0
+    frame_change = 0.0
+    for fr in ep.frames.values():
+        small = fr[:, ::4, ::4].astype(np.float32)
+        frame_change = max(frame_change, float(np.abs(small - small[:1]).mean(axis=(1, 2, 3)).max()))
+    out["frame_change"] = frame_change
+    return out

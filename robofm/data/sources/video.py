@@ -1,0 +1,431 @@
+"""`robofm-convert video`: one folder per episode, holding one video per camera and a telemetry table.
+
+    SRC/
+      episode-000/
+        front.mp4         one video per camera (any container PyAV reads); the camera is the file stem
+        wrist.mp4
+        telemetry.csv     or .parquet: a `timestamp` column in seconds plus state/action columns
+        task.txt          optional; else --task
+      episode-001/ ...
+
+Frames and telemetry are aligned on the telemetry clock: a frame with presentation time PTS (seconds)
+happens at `first telemetry timestamp + PTS + --video-time-offset`. The episode's timeline is the first
+camera's frames (cameras sorted by name) inside the time range that the telemetry and every camera cover;
+state and action are linearly interpolated at those times and every other camera gives its nearest frame.
+Episode timestamps are on the telemetry clock, so `state[i] == telemetry(timestamp[i])`.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import av
+import numpy as np
+import pandas as pd
+import yaml
+
+from robofm.data.episode import Episode
+from robofm.data.sources.base import EpisodeRef
+from robofm.errors import EpisodeError, UsageError
+
+HELP = "folders of per-camera videos plus a CSV/Parquet telemetry table (timestamp, state, action), one per episode"
+
+VIDEO_SUFFIXES = frozenset(".mp4 .m4v .mov .mkv .webm .avi .mpg .mpeg .ts .flv .wmv .ogv .h264 .hevc".split())
+TABLE_SUFFIXES = frozenset(".csv .parquet .pq".split())
+TASK_FILE = "task.txt"
+TIME_EPS = 1e-6  # seconds: frames this close to the edge of the telemetry range count as inside it
+
+
+@dataclass(frozen=True)
+class ColumnSpec:
+    """Which telemetry columns hold the timestamp, the state and the action.
+
+    `state`/`action` list explicit column names (from --columns); when `state` is None, columns are chosen by
+    prefix, in table order, and a column matching both prefixes goes to the longer one.
+    """
+
+    timestamp: str = "timestamp"
+    state: tuple[str, ...] | None = None
+    action: tuple[str, ...] = ()
+    state_prefix: str = "state"
+    action_prefix: str = "action"
+
+    def select(self, columns: list[str], file: Path, episode: str) -> tuple[list[str], list[str]]:
+        """Return (state columns, action columns); raise EpisodeError if named columns are missing or no state."""
+        if self.state is not None:
+            missing = [c for c in (*self.state, *self.action) if c not in columns]
+            if missing:
+                raise EpisodeError(f"columns {missing} named in --columns are missing; the table has {columns}",
+                                   file=str(file), episode=episode)  # fmt: skip
+            return list(self.state), list(self.action)
+        state, action = [], []
+        for c in columns:
+            if c == self.timestamp:
+                continue
+            matches = [(len(p), role) for role, p in ((state, self.state_prefix), (action, self.action_prefix))
+                       if c.startswith(p)]  # fmt: skip
+            if matches:
+                max(matches, key=lambda m: m[0])[1].append(c)
+        if not state:
+            raise EpisodeError(f"no state columns: none starts with {self.state_prefix!r} (columns: {columns}); "
+                               "use --state-prefix or --columns", file=str(file), episode=episode)  # fmt: skip
+        return state, action
+
+
+@dataclass
+class Telemetry:
+    """One telemetry table: timestamp float64 [N] strictly increasing; state [N, Ds]; action [N, Da] or None."""
+
+    timestamp: np.ndarray
+    state: np.ndarray
+    action: np.ndarray | None
+    state_names: list[str]
+    action_names: list[str]
+
+
+@dataclass
+class VideoSource:
+    """Episodes are the sub-folders of `root`, sorted by name. Picklable: it holds only paths and options."""
+
+    root: Path
+    columns: ColumnSpec = ColumnSpec()
+    task: str | None = None
+    telemetry: str | None = None  # table file name inside each episode folder; None finds it
+    video_time_offset: float = 0.0
+    fps: float | None = None
+
+    def __post_init__(self) -> None:
+        self.root = Path(self.root)
+        if self.fps is None:
+            self.fps = self._native_fps()
+
+    def __str__(self) -> str:
+        return f"video {self.root}"
+
+    def episodes(self) -> list[EpisodeRef]:
+        """One reference per episode folder; UsageError if `root` is not a folder of episode folders."""
+        if not self.root.is_dir():
+            raise UsageError(f"{self.root} is not a folder: `robofm-convert video` reads a folder with one "
+                             "sub-folder per episode")  # fmt: skip
+        folders = sorted((p for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(".")),
+                         key=lambda p: p.name)  # fmt: skip
+        if not folders:
+            videos = any(p.suffix.lower() in VIDEO_SUFFIXES for p in self.root.iterdir())
+            hint = " (it holds videos itself: pass its parent folder)" if videos else ""
+            raise UsageError(f"{self.root} has no episode sub-folders{hint}")
+        return [EpisodeRef(str(p), p.name) for p in folders]
+
+    def _native_fps(self) -> float | None:
+        """Average frame rate of the first episode's first video (of the next episode's if that one is broken)."""
+        for ref in self.episodes():
+            try:
+                return video_rate(next(iter(_videos(Path(ref.source)).values())), ref.index)
+            except (EpisodeError, StopIteration):
+                continue  # that episode will fail when loaded; the rate comes from the next episode
+        return None
+
+    def load(self, ref: EpisodeRef) -> Episode:
+        """Decode one episode folder; raise EpisodeError naming the file and the episode on bad input."""
+        folder, name = Path(ref.source), ref.index
+        videos = _videos(folder)
+        if not videos:
+            raise EpisodeError(f"no video file ({', '.join(sorted(VIDEO_SUFFIXES))}) in the episode folder",
+                               file=str(folder), episode=name)  # fmt: skip
+        task = self._task(folder, name)
+        table = self._table_path(folder, name)
+        tel = read_telemetry(table, self.columns, name)
+        start = tel.timestamp[0] + self.video_time_offset  # video PTS 0 on the telemetry clock
+        decoded = {cam: decode_video(path, name) for cam, path in videos.items()}
+        t, frames = align(tel.timestamp, decoded, start)
+        if len(t) == 0:
+            spans = "; ".join(f"{cam} [{start + p[0]:.3f}, {start + p[-1]:.3f}]" for cam, (_, p) in decoded.items())
+            raise EpisodeError(
+                f"no time overlap between video and telemetry: telemetry covers [{tel.timestamp[0]:.3f}, "
+                f"{tel.timestamp[-1]:.3f}] s; on the telemetry clock (PTS 0 = first telemetry timestamp + "
+                f"--video-time-offset {self.video_time_offset:g} s) the videos cover {spans}",
+                file=str(table), episode=name,
+            )  # fmt: skip
+        return Episode(
+            frames=frames,
+            state=_interp(t, tel.timestamp, tel.state),
+            action=None if tel.action is None else _interp(t, tel.timestamp, tel.action),
+            timestamp=t,
+            task=task,
+            source=str(folder),
+            source_index=name,
+            state_names=tel.state_names,
+            action_names=tel.action_names or None,
+        )
+
+    def _task(self, folder: Path, name: str) -> str:
+        path = folder / TASK_FILE
+        if path.is_file():
+            try:
+                text = path.read_text(encoding="utf-8").strip()
+            except (OSError, UnicodeDecodeError) as e:
+                raise EpisodeError(f"cannot read the task: {e}", file=str(path), episode=name) from e
+            if text:
+                return text
+        if self.task:
+            return self.task
+        raise EpisodeError(f"no task: {TASK_FILE} is missing or empty and --task was not given",
+                           file=str(folder), episode=name)  # fmt: skip
+
+    def _table_path(self, folder: Path, name: str) -> Path:
+        if self.telemetry:
+            path = folder / self.telemetry
+            if not path.is_file():
+                raise EpisodeError(f"telemetry table {self.telemetry} is missing", file=str(path), episode=name)
+            return path
+        tables = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in TABLE_SUFFIXES)
+        named = [p for p in tables if p.stem == "telemetry"]
+        if len(named) == 1 or len(tables) == 1:
+            return (named or tables)[0]
+        if not tables:
+            raise EpisodeError("telemetry table is missing (expected telemetry.csv or telemetry.parquet)",
+                               file=str(folder), episode=name)  # fmt: skip
+        raise EpisodeError(f"several telemetry tables {[p.name for p in named or tables]}: choose one with "
+                           "--telemetry", file=str(folder), episode=name)  # fmt: skip
+
+
+def _videos(folder: Path) -> dict[str, Path]:
+    """Camera name -> video file, sorted by camera name."""
+    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES)
+    out: dict[str, Path] = {}
+    for p in files:
+        if p.stem in out:
+            raise EpisodeError(f"two videos for camera {p.stem!r}: {out[p.stem].name} and {p.name}",
+                               file=str(folder), episode=folder.name)  # fmt: skip
+        out[p.stem] = p
+    return dict(sorted(out.items()))
+
+
+def align(
+    telemetry_time: np.ndarray, decoded: dict[str, tuple[np.ndarray, np.ndarray]], start: float
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """The episode timeline and its frames, from cameras decoded as camera -> (frames [N, H, W, 3], PTS [N] s).
+
+    The timeline is the first camera's frame times (start + PTS) that lie in the telemetry's time range and
+    within half a frame of every other camera's range; other cameras give their nearest frame. Returns
+    (times [T], camera -> frames [T, H, W, 3]); T is 0 when nothing overlaps.
+    """
+    (first, (frames0, pts0)), *others = decoded.items()
+    times = start + pts0
+    lo, hi = telemetry_time[0], telemetry_time[-1]
+    for _, (_, pts) in others:
+        half = 0.5 * float(np.median(np.diff(pts))) if len(pts) > 1 else 0.0
+        lo, hi = max(lo, start + pts[0] - half), min(hi, start + pts[-1] + half)
+    i0, i1 = np.searchsorted(times, lo - TIME_EPS, "left"), np.searchsorted(times, hi + TIME_EPS, "right")
+    t = times[i0:i1]
+    out = {first: frames0[i0:i1]}
+    for cam, (frames, pts) in others:
+        out[cam] = frames[_nearest(start + pts, t)]
+    return t, out
+
+
+def _nearest(times: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """Index of the element of increasing `times` nearest to each target (the earlier one on a tie)."""
+    right = np.clip(np.searchsorted(times, targets), 0, len(times) - 1)
+    left = np.maximum(right - 1, 0)
+    return np.where(np.abs(times[left] - targets) <= np.abs(times[right] - targets), left, right)
+
+
+def _interp(t: np.ndarray, ts: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """values [N, D] sampled at ts [N] -> float32 [len(t), D], linear per dimension."""
+    return np.stack([np.interp(t, ts, values[:, d]) for d in range(values.shape[1])], axis=1).astype(np.float32)
+
+
+# --------------------------------------------------------------------------- videos
+
+_DECODE_ERRORS = (av.FFmpegError, OSError, EOFError, ValueError)
+
+
+def _open_video(path: Path, episode: str) -> tuple[av.container.InputContainer, av.video.stream.VideoStream]:
+    """The open container and its first video stream; EpisodeError if there is no decodable video stream."""
+    try:
+        container = av.open(str(path))
+    except _DECODE_ERRORS as e:
+        raise EpisodeError(f"cannot open the video: {e}", file=str(path), episode=episode) from e
+    if not container.streams.video or container.streams.video[0].codec_context is None:
+        container.close()  # a stream without codec context comes from a damaged header: decoding it would crash
+        raise EpisodeError("no decodable video stream (not a video, or a damaged or truncated file)",
+                           file=str(path), episode=episode)  # fmt: skip
+    return container, container.streams.video[0]
+
+
+def video_rate(path: Path, episode: str) -> float:
+    """Average frame rate of a video's first stream, from its header or else from its decoded timestamps."""
+    container, stream = _open_video(path, episode)
+    with container:
+        rate = stream.average_rate or stream.guessed_rate
+    if rate:
+        return float(rate)
+    _, pts = decode_video(path, episode)
+    if len(pts) < 2:
+        raise EpisodeError("cannot tell the frame rate of a video with fewer than 2 frames", file=str(path),
+                           episode=episode)  # fmt: skip
+    return (len(pts) - 1) / float(pts[-1] - pts[0])
+
+
+def decode_video(path: Path, episode: str) -> tuple[np.ndarray, np.ndarray]:
+    """Decode a video's first stream: uint8 frames [N, H, W, 3] (RGB) and presentation times float64 [N] seconds.
+
+    Raises EpisodeError if the file cannot be opened or decoded, yields fewer frames than its header lists
+    (truncated), has no frames, changes frame size, or has presentation times that do not increase.
+    """
+    fail = partial(EpisodeError, file=str(path), episode=episode)
+    container, stream = _open_video(path, episode)
+    frames, pts = [], []
+    with container:
+        stream.thread_type = "AUTO"
+        rate, listed = stream.average_rate or stream.guessed_rate, stream.frames
+        try:
+            for frame in container.decode(stream):
+                if frame.pts is None and not rate:
+                    raise fail("frames carry no timestamps and the stream has no frame rate")
+                pts.append(len(pts) / float(rate) if frame.pts is None else float(frame.pts * stream.time_base))
+                frames.append(frame.to_ndarray(format="rgb24"))
+        except _DECODE_ERRORS as e:
+            raise fail(f"cannot decode the video after {len(frames)} frames: {e}") from e
+    if not frames:
+        raise fail("the video has no frames")
+    if len({f.shape for f in frames}) > 1:
+        raise fail(f"the frame size changes within the video: {sorted({f.shape[:2] for f in frames})}")
+    if listed and len(frames) < listed:
+        raise fail(f"decoded {len(frames)} of the {listed} frames the header lists: the file is truncated or damaged")
+    times = np.asarray(pts, dtype=np.float64)
+    if len(times) > 1 and not (np.diff(times) > 0).all():
+        i = int(np.argmax(np.diff(times) <= 0)) + 1
+        raise fail(f"frame presentation times do not increase at frame {i} ({times[i - 1]:.6f} -> {times[i]:.6f} s)")
+    return np.stack(frames), times
+
+
+# --------------------------------------------------------------------------- telemetry
+
+
+def read_telemetry(path: Path, spec: ColumnSpec, episode: str) -> Telemetry:
+    """Read a CSV or Parquet telemetry table and check it.
+
+    Raises EpisodeError naming the file, the column and the row for: an unreadable table, no rows, a missing
+    timestamp column, no state column, non-numeric or NaN/Inf values, timestamps that repeat or go backwards.
+    Rows are counted from 0 among the data rows (for a CSV, row r is on line r + 2).
+    """
+
+    def fail(problem: str) -> EpisodeError:
+        return EpisodeError(problem, file=str(path), episode=episode)
+
+    try:
+        df = pd.read_parquet(path) if path.suffix.lower() in (".parquet", ".pq") else pd.read_csv(path)
+    except Exception as e:  # pandas and pyarrow raise many types for unreadable files; all mean the same here
+        raise fail(f"cannot read the telemetry table: {type(e).__name__}: {e}") from e
+    df.columns = [str(c) for c in df.columns]
+    columns = list(df.columns)
+    if spec.timestamp not in df.columns:
+        raise fail(f"no {spec.timestamp!r} column (columns: {columns})")
+    if len(df) == 0:
+        raise fail("the telemetry table has no rows")
+    state_cols, action_cols = spec.select(columns, path, episode)
+    ts_col = df[spec.timestamp]
+    if pd.api.types.is_datetime64_any_dtype(ts_col):
+        ts_col = (ts_col - pd.Timestamp("1970-01-01", tz=ts_col.dt.tz)).dt.total_seconds()
+    timestamp = _numeric(ts_col, spec.timestamp, fail)
+    steps = np.diff(timestamp)
+    if (steps <= 0).any():
+        r = int(np.argmax(steps <= 0)) + 1
+        how = "repeats" if steps[r - 1] == 0 else "goes backwards"
+        raise fail(f"timestamp {how} at row {r} ({timestamp[r - 1]:.6f} -> {timestamp[r]:.6f})")
+
+    def block(cols: list[str]) -> np.ndarray:
+        return np.stack([_numeric(df[c], c, fail, timestamp) for c in cols], axis=1)
+
+    return Telemetry(timestamp, block(state_cols), block(action_cols) if action_cols else None, state_cols,
+                     action_cols)  # fmt: skip
+
+
+def _numeric(col: pd.Series, name: str, fail: Callable[[str], EpisodeError], timestamp: np.ndarray | None = None
+             ) -> np.ndarray:  # fmt: skip
+    """A column as float64, or `fail(...)` naming the first non-numeric or NaN/Inf row."""
+    at = (lambda r: f"row {r} (t={timestamp[r]:.6f})") if timestamp is not None else (lambda r: f"row {r}")
+    if pd.api.types.is_bool_dtype(col):
+        col = col.astype(np.float64)
+    try:
+        values = pd.to_numeric(col, errors="coerce")
+    except (TypeError, ValueError) as e:  # lists or other objects in a cell
+        raise fail(f"column {name!r} is not numeric ({e}); one column per dimension is expected") from e
+    text = values.isna() & col.notna()
+    if text.any():
+        r = int(np.argmax(text.to_numpy()))
+        raise fail(f"column {name!r} has a non-numeric value {col.iloc[r]!r} at {at(r)} (one number per cell)")
+    arr = values.to_numpy(dtype=np.float64)
+    bad = ~np.isfinite(arr)
+    if bad.any():
+        r = int(np.argmax(bad))
+        raise fail(f"column {name!r} has {int(bad.sum())} NaN/Inf value(s), the first at {at(r)}")
+    return arr
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The positional SRC and the options of the video source (the store options are added by convert)."""
+    parser.add_argument("src", type=Path, help="folder with one sub-folder per episode; each holds one video per "
+                        "camera (camera = file stem), a telemetry table and optionally task.txt")  # fmt: skip
+    g = parser.add_argument_group("video source options")
+    g.add_argument("--task", help=f"task of every episode without a {TASK_FILE} (which takes precedence)")
+    g.add_argument("--telemetry", metavar="NAME", help="telemetry table file name in each episode folder "
+                   "(default: telemetry.csv or telemetry.parquet, or the folder's only .csv/.parquet file); "
+                   "it needs a timestamp column in seconds")  # fmt: skip
+    g.add_argument("--state-prefix", default="state", metavar="PREFIX",
+                   help="state columns are those starting with this, in table order (default 'state')")  # fmt: skip
+    g.add_argument("--action-prefix", default="action", metavar="PREFIX",
+                   help="action columns are those starting with this (default 'action'); no such column makes an "
+                        "action-free episode")  # fmt: skip
+    g.add_argument("--columns", type=Path, metavar="MAP.yaml", help="YAML file naming the columns instead of the "
+                   "prefixes: 'state: [col, ...]', optional 'action: [...]', optional 'timestamp: col'")  # fmt: skip
+    g.add_argument("--video-time-offset", type=float, default=0.0, metavar="SECONDS",
+                   help="where the videos start on the telemetry clock: a frame's time is the first telemetry "
+                        "timestamp + its presentation time (PTS) + SECONDS. Default 0: video and telemetry start "
+                        "together. Frames outside the telemetry's time range are left out")  # fmt: skip
+
+
+def load_column_map(path: Path) -> ColumnSpec:
+    """Parse a --columns YAML mapping; UsageError naming the file if it is unreadable or malformed."""
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as e:
+        raise UsageError(f"--columns {path}: cannot read it: {e}") from e
+    if not isinstance(data, dict) or not set(data) <= {"state", "action", "timestamp"}:
+        raise UsageError(f"--columns {path}: expected a mapping with keys state, action (optional) and timestamp "
+                         f"(optional), got {data!r}")  # fmt: skip
+
+    def names(key: str) -> tuple[str, ...]:
+        value = data.get(key) or []
+        value = [value] if isinstance(value, str) else value
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise UsageError(f"--columns {path}: {key} must be a list of column names, got {value!r}")
+        return tuple(value)
+
+    state = names("state")
+    if not state:
+        raise UsageError(f"--columns {path}: no state columns listed")
+    timestamp = data.get("timestamp", "timestamp")
+    if not isinstance(timestamp, str):
+        raise UsageError(f"--columns {path}: timestamp must be one column name, got {timestamp!r}")
+    return ColumnSpec(timestamp=timestamp, state=state, action=names("action"))
+
+
+def from_args(args: argparse.Namespace) -> VideoSource:
+    """Build the source from parsed arguments; UsageError if SRC or --columns cannot be used."""
+    if args.columns is not None:
+        columns = load_column_map(args.columns)
+    else:
+        if args.state_prefix == args.action_prefix:
+            raise UsageError(f"--state-prefix and --action-prefix are both {args.state_prefix!r}")
+        columns = ColumnSpec(state_prefix=args.state_prefix, action_prefix=args.action_prefix)
+    return VideoSource(Path(args.src), columns=columns, task=args.task, telemetry=args.telemetry,
+                       video_time_offset=args.video_time_offset)  # fmt: skip

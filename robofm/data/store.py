@@ -1,0 +1,377 @@
+"""The episode store: HDF5 shards of decoded frames plus JSON metadata. See DESIGN.md, "The episode store".
+
+Layout of a store folder:
+  manifest.json   format version, fps, cameras, embodiments, the episode table, provenance
+  stats.json      per embodiment: count, mean, std, min, max, q01, q99 of state and action per dimension
+  quality.json    every source episode with its verdict: kept, dropped (with reason) or failed (with error)
+  shards/shard-NNNNN.h5   /<episode_id>/{frames/<camera>, state, action, timestamp}, attrs task, embodiment, ...
+
+Shards are immutable once closed: the writer fills `shard-NNNNN.h5.partial` and renames it when it is
+full or the conversion ends; the manifest only ever lists episodes of closed shards and is replaced
+atomically, so a crash leaves the previous store readable.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from robofm import __version__
+from robofm.data.episode import Episode
+from robofm.data.stats import RunningStats
+from robofm.errors import StoreError
+
+FORMAT_VERSION = 1
+MANIFEST, STATS, QUALITY = "manifest.json", "stats.json", "quality.json"
+
+
+@dataclass
+class EpisodeInfo:
+    """One row of the manifest's episode table."""
+
+    id: str
+    shard: str
+    length: int
+    task: str
+    embodiment: str
+    split: str
+    content_hash: str
+    source: str
+    source_index: str
+    has_action: bool
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=1)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def split_from_hash(content_hash: str, val_fraction: float) -> str:
+    """Deterministic split from the content hash: an episode keeps its split however the store grows."""
+    return "val" if int(content_hash[:8], 16) / 2**32 < val_fraction else "train"
+
+
+class StoreWriter:
+    """Streams episodes into a store, one episode at a time; nothing of a dataset is held in memory.
+
+    mode: "create" (the folder must not hold a store), "overwrite" (replace it) or "append" (add
+    episodes to an existing store with the same fps and cameras; shards already written stay as they are).
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        *,
+        fps: float,
+        cameras: dict[str, tuple[int, int]],
+        mode: str = "create",
+        shard_size_mb: float = 1024,
+        compression: str | None = "lzf",
+        provenance: dict | None = None,
+    ) -> None:
+        self.root = Path(root)
+        self.compression = None if compression in (None, "none") else compression
+        self.shard_bytes = int(shard_size_mb * 2**20)
+        self.episodes: list[EpisodeInfo] = []
+        self.quality: list[dict] = []
+        self.embodiments: dict[str, dict] = {}
+        self.provenance: list[dict] = []  # earlier conversions into this store
+        self._this_provenance = provenance or {}
+        self.fps, self.cameras = float(fps), {c: [int(h), int(w)] for c, (h, w) in cameras.items()}
+        self.stats: dict[str, dict[str, RunningStats]] = {}
+        if (self.root / MANIFEST).exists():
+            if mode == "create":
+                raise StoreError(f"{self.root} already holds a store: pass --overwrite to replace it or --append")
+            if mode == "overwrite":
+                _remove_store(self.root)
+            else:
+                self._load_existing()
+        (self.root / "shards").mkdir(parents=True, exist_ok=True)
+        for stale in (self.root / "shards").glob("*.partial"):
+            stale.unlink()  # left by a conversion that crashed; its episodes were never in the manifest
+        self._shard: h5py.File | None = None
+        self._shard_name = ""
+        self._shard_written = 0
+        self._next_shard = len(list((self.root / "shards").glob("shard-*.h5")))
+        self._next_id = len(self.episodes)
+        self._hash_to_id = {e.content_hash: e.id for e in self.episodes}
+        self._quality_index = {(q["source"], str(q["source_index"])): i for i, q in enumerate(self.quality)}
+        self._added = 0
+
+    def _load_existing(self) -> None:
+        store = EpisodeStore(self.root)
+        m = store.manifest
+        if abs(m["fps"] - self.fps) > 1e-6 or m["cameras"] != self.cameras:
+            raise StoreError(
+                f"{self.root}: cannot append episodes at {self.fps} fps with cameras {self.cameras} to a store at "
+                f"{m['fps']} fps with cameras {m['cameras']}"
+            )
+        self.episodes, self.quality = list(store.episodes), list(store.quality)
+        self.embodiments, self.provenance = dict(m["embodiments"]), list(m["provenance"])
+        for info in store.episodes:  # statistics are recomputed over the low-dimensional arrays only
+            ep_stats = self._stats_for(info.embodiment)
+            with h5py.File(store.shard_path(info.shard), "r") as f:
+                g = f[info.id]
+                ep_stats["state"].update(g["state"][:])
+                if "action" in g:
+                    ep_stats["action"].update(g["action"][:])
+        store.close()
+
+    @property
+    def hash_to_id(self) -> dict[str, str]:
+        return self._hash_to_id
+
+    def _stats_for(self, embodiment: str) -> dict[str, RunningStats]:
+        return self.stats.setdefault(embodiment, {"state": RunningStats(), "action": RunningStats()})
+
+    def _open_shard(self) -> h5py.File:
+        if self._shard is None:
+            self._shard_name = f"shard-{self._next_shard:05d}.h5"
+            self._next_shard += 1
+            self._shard = h5py.File(self.root / "shards" / (self._shard_name + ".partial"), "w")
+            self._shard.attrs["format_version"] = FORMAT_VERSION
+            self._shard_written = 0
+        return self._shard
+
+    def _close_shard(self) -> None:
+        if self._shard is None:
+            return
+        self._shard.close()
+        self._shard = None
+        partial = self.root / "shards" / (self._shard_name + ".partial")
+        os.replace(partial, partial.with_suffix(""))
+        self._write_metadata()
+
+    def add(self, ep: Episode, content_hash: str, split: str) -> EpisodeInfo:
+        """Write one validated episode; on any error nothing of it stays in the shard."""
+        self._register_embodiment(ep)  # raises before anything is written if the dims disagree
+        f = self._open_shard()
+        ep_id = f"ep-{self._next_id:06d}"
+        try:
+            g = f.create_group(ep_id)
+            for cam, fr in ep.frames.items():
+                g.create_dataset(f"frames/{cam}", data=fr, chunks=(1, *fr.shape[1:]), compression=self.compression)
+            g.create_dataset("state", data=ep.state.astype(np.float32))
+            if ep.action is not None:
+                g.create_dataset("action", data=ep.action.astype(np.float32))
+            g.create_dataset("timestamp", data=ep.timestamp.astype(np.float64))
+            attrs = dict(task=ep.task, embodiment=ep.embodiment, fps=self.fps, source=ep.source,
+                         source_index=str(ep.source_index), content_hash=content_hash)  # fmt: skip
+            g.attrs.update(attrs)
+        except BaseException:
+            if ep_id in f:
+                del f[ep_id]
+            raise
+        self._next_id += 1
+        info = EpisodeInfo(ep_id, self._shard_name, ep.length, ep.task, ep.embodiment, split, content_hash,
+                           ep.source, str(ep.source_index), ep.action is not None)  # fmt: skip
+        self.episodes.append(info)
+        self._hash_to_id[content_hash] = ep_id
+        self._added += 1
+        st = self._stats_for(ep.embodiment)
+        st["state"].update(ep.state)
+        if ep.action is not None:
+            st["action"].update(ep.action)
+        self._shard_written += sum(fr.nbytes for fr in ep.frames.values())
+        if self._shard_written >= self.shard_bytes:
+            self._close_shard()
+        return info
+
+    def _register_embodiment(self, ep: Episode) -> None:
+        dims = {
+            "state_dim": int(ep.state.shape[1]),
+            "action_dim": int(ep.action.shape[1]) if ep.action is not None else None,
+            "state_names": ep.state_names,
+            "action_names": ep.action_names,
+        }
+        known = self.embodiments.get(ep.embodiment)
+        if known is None:
+            self.embodiments[ep.embodiment] = dims
+        elif known["state_dim"] != dims["state_dim"] or (
+            dims["action_dim"] is not None and known["action_dim"] not in (None, dims["action_dim"])
+        ):
+            raise ep.fail(
+                f"embodiment {ep.embodiment!r} has state/action dims {known['state_dim']}/{known['action_dim']} "
+                f"in this store but this episode has {dims['state_dim']}/{dims['action_dim']}; "
+                "pass a different --embodiment for it"
+            )
+        elif known["action_dim"] is None:
+            known.update(action_dim=dims["action_dim"], action_names=dims["action_names"])
+
+    def record(self, entry: dict) -> None:
+        """Add one verdict to quality.json: {source, source_index, status, reason?, message?, episode_id?}.
+
+        A later verdict on the same source episode replaces the earlier one, so converting twice changes nothing.
+        """
+        key = (entry["source"], str(entry["source_index"]))
+        if key in self._quality_index:
+            self.quality[self._quality_index[key]] = entry
+        else:
+            self._quality_index[key] = len(self.quality)
+            self.quality.append(entry)
+
+    def _write_metadata(self) -> None:
+        manifest = {
+            "format_version": FORMAT_VERSION,
+            "robofm_version": __version__,
+            "fps": self.fps,
+            "cameras": self.cameras,
+            "embodiments": self.embodiments,
+            "episodes": [asdict(e) for e in self.episodes],
+            # an append that added nothing leaves the provenance (and so the whole store) unchanged
+            "provenance": self.provenance + ([self._this_provenance] if self._added else []),
+        }
+        stats = {emb: {k: v.result() for k, v in st.items()} for emb, st in self.stats.items()}
+        write_json_atomic(self.root / STATS, stats)
+        write_json_atomic(self.root / QUALITY, self.quality)
+        write_json_atomic(self.root / MANIFEST, manifest)  # last: it is what makes the store valid
+
+    def close(self) -> None:
+        self._close_shard()
+        self._write_metadata()
+
+
+def _remove_store(root: Path) -> None:
+    for name in (MANIFEST, STATS, QUALITY):
+        (root / name).unlink(missing_ok=True)
+    for shard in (root / "shards").glob("shard-*"):
+        shard.unlink()
+
+
+class EpisodeStore:
+    """Reads a store. Validates the manifest against the shards on open.
+
+    HDF5 handles are opened lazily and per process, so a store object can be passed to DataLoader
+    workers (fork or spawn) and each worker opens its own files.
+    """
+
+    def __init__(self, root: str | Path, *, validate: bool = True) -> None:
+        self.root = Path(root)
+        path = self.root / MANIFEST
+        if not path.exists():
+            hint = " (it looks like a LeRobot dataset: convert it with `robofm-convert lerobot`)" if (
+                self.root / "meta" / "info.json").exists() else ""  # fmt: skip
+            raise StoreError(f"{self.root} is not a robofm episode store: {MANIFEST} is missing{hint}")
+        try:
+            self.manifest = json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise StoreError(f"{path} is not valid JSON: {e}") from e
+        version = self.manifest.get("format_version")
+        if not isinstance(version, int):
+            raise StoreError(f"{path} has no format_version")
+        if version > FORMAT_VERSION:
+            raise StoreError(
+                f"{self.root} was written by robofm {self.manifest.get('robofm_version', '?')} in store format "
+                f"{version}; this robofm ({__version__}) reads format {FORMAT_VERSION} and older: upgrade robofm"
+            )
+        self.episodes = [EpisodeInfo(**e) for e in self.manifest["episodes"]]
+        self.by_id = {e.id: e for e in self.episodes}
+        self.stats = json.loads((self.root / STATS).read_text()) if (self.root / STATS).exists() else {}
+        self.quality = json.loads((self.root / QUALITY).read_text()) if (self.root / QUALITY).exists() else []
+        self._files: dict[str, h5py.File] = {}
+        self._pid = os.getpid()
+        if validate:
+            self.validate()
+
+    @property
+    def fps(self) -> float:
+        return self.manifest["fps"]
+
+    @property
+    def cameras(self) -> list[str]:
+        return list(self.manifest["cameras"])
+
+    def shard_path(self, shard: str) -> Path:
+        return self.root / "shards" / shard
+
+    def validate(self) -> None:
+        """Every shard the manifest names exists and holds its episodes at the recorded lengths."""
+        by_shard: dict[str, list[EpisodeInfo]] = {}
+        for e in self.episodes:
+            by_shard.setdefault(e.shard, []).append(e)
+        missing = sorted(s for s in by_shard if not self.shard_path(s).exists())
+        if missing:
+            n = sum(len(by_shard[s]) for s in missing)
+            raise StoreError(f"{self.root}: {len(missing)} shard(s) listed in the manifest are missing "
+                             f"({', '.join(missing[:5])}{'...' if len(missing) > 5 else ''}), holding {n} episodes")  # fmt: skip
+        for shard, eps in by_shard.items():
+            try:
+                with h5py.File(self.shard_path(shard), "r") as f:
+                    for e in eps:
+                        if e.id not in f:
+                            raise StoreError(f"{self.shard_path(shard)}: episode {e.id} is in the manifest but not in the shard")
+                        n = f[e.id]["timestamp"].shape[0]
+                        if n != e.length:
+                            raise StoreError(f"{self.shard_path(shard)}: episode {e.id} has {n} frames, manifest says {e.length}")
+            except OSError as err:
+                raise StoreError(f"{self.shard_path(shard)} cannot be read as HDF5: {err}") from err
+
+    def _file(self, shard: str) -> h5py.File:
+        if os.getpid() != self._pid:  # forked into a worker: never share the parent's HDF5 handles
+            self._files, self._pid = {}, os.getpid()
+        f = self._files.get(shard)
+        if f is None:
+            f = self._files[shard] = h5py.File(self.shard_path(shard), "r")
+        return f
+
+    def group(self, episode_id: str) -> h5py.Group:
+        info = self.info(episode_id)
+        return self._file(info.shard)[episode_id]
+
+    def info(self, episode_id: str) -> EpisodeInfo:
+        try:
+            return self.by_id[episode_id]
+        except KeyError:
+            ids = [e.id for e in self.episodes]
+            shown = ", ".join(ids[:10]) + (f" ... ({len(ids)} in all)" if len(ids) > 10 else "")
+            raise StoreError(f"{self.root} has no episode {episode_id!r}; it has {shown}") from None
+
+    def read_episode(self, episode_id: str) -> Episode:
+        g, info = self.group(episode_id), self.info(episode_id)
+        return Episode(
+            frames={cam: g["frames"][cam][:] for cam in g["frames"]},
+            state=g["state"][:],
+            action=g["action"][:] if "action" in g else None,
+            timestamp=g["timestamp"][:],
+            task=info.task,
+            source=info.source,
+            source_index=info.source_index,
+            embodiment=info.embodiment,
+            split=info.split,
+        )
+
+    def close(self) -> None:
+        for f in self._files.values():
+            f.close()
+        self._files = {}
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_files": {}}
+
+    def summary(self) -> dict:
+        """Counts a person wants before spending compute on a store."""
+        frames = sum(e.length for e in self.episodes)
+        status: dict[str, int] = {}
+        for q in self.quality:
+            status[q["status"]] = status.get(q["status"], 0) + 1
+        return {
+            "episodes": len(self.episodes),
+            "frames": frames,
+            "hours": frames / self.fps / 3600,
+            "fps": self.fps,
+            "cameras": self.manifest["cameras"],
+            "tasks": len({e.task for e in self.episodes}),
+            "embodiments": self.manifest["embodiments"],
+            "splits": {s: sum(e.split == s for e in self.episodes) for s in sorted({e.split for e in self.episodes})},
+            "quality": status,
+        }

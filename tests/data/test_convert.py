@@ -1,0 +1,100 @@
+"""The conversion pipeline's verdicts: kept, dropped with a reason, failed with the error; and exit codes."""
+
+import json
+
+import numpy as np
+import pytest
+from rich.console import Console
+
+from robofm.data.convert import EXIT_NONE, EXIT_OK, EXIT_PARTIAL, ConvertOptions, convert
+from robofm.data.sources.base import EpisodeRef
+from robofm.data.store import EpisodeStore
+from robofm.errors import EpisodeError
+from tests.conftest import indexed_episode
+
+
+class FakeSource:
+    """Episodes described by a list of kinds: ok, dup (copy of ok 0), idle, nan, raise."""
+
+    fps = 10.0
+
+    def __init__(self, kinds):
+        self.kinds = kinds
+
+    def __str__(self):
+        return "fake"
+
+    def episodes(self):
+        return [EpisodeRef("fake.h5", str(i), (k,)) for i, k in enumerate(self.kinds)]
+
+    def load(self, ref):
+        (kind,) = ref.key
+        seed = int(ref.index)
+        if kind == "raise":
+            raise EpisodeError("truncated file", file=ref.source, episode=ref.index)
+        ep = indexed_episode(16, seed=0 if kind == "dup" else seed, size=(12, 12))
+        ep.source, ep.source_index = ref.source, ref.index
+        if kind == "idle":
+            ep.state[:] = 1.0
+            ep.action[:] = 0.0
+            for fr in ep.frames.values():
+                fr[:] = 7
+        if kind == "nan":
+            ep.action[3, 1] = np.nan
+        return ep
+
+
+def run(tmp_path, kinds, **kw):
+    opts = ConvertOptions(out=tmp_path / "store", resolution=(8, 8), **kw)
+    summary = convert(FakeSource(kinds), opts, Console(quiet=True))
+    quality = json.loads((tmp_path / "store" / "quality.json").read_text())
+    return summary, quality
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_every_episode_gets_a_verdict_with_its_reason(tmp_path, workers):
+    summary, quality = run(tmp_path, ["ok", "dup", "idle", "nan", "raise", "ok"], workers=workers)
+    assert [q["status"] for q in quality] == ["kept", "dropped", "dropped", "failed", "failed", "kept"]
+    assert quality[1]["reason"] == "duplicate" and quality[1]["duplicate_of"] == "ep-000000"
+    assert quality[2]["reason"] == "idle" and quality[2]["value"]["frame_change"] == 0.0
+    assert "file fake.h5, episode 3: action has 1 NaN/Inf values (first at step 3, dim 1)" in quality[3]["message"]
+    assert "episode 4: truncated file" in quality[4]["message"]
+    assert summary.exit_code == EXIT_PARTIAL and summary.kept == 2 and summary.failed == 2
+    assert dict(summary.dropped) == {"duplicate": 1, "idle": 1}
+    store = EpisodeStore(tmp_path / "store")
+    assert [e.source_index for e in store.episodes] == ["0", "5"]
+    assert store.manifest["cameras"] == {"front": [8, 8], "wrist": [8, 8]}
+
+
+def test_exit_codes(tmp_path):
+    assert run(tmp_path / "a", ["ok", "idle"])[0].exit_code == EXIT_OK  # deliberate drops are not failures
+    summary, quality = run(tmp_path / "b", ["raise", "nan"])
+    assert summary.exit_code == EXIT_NONE and [q["status"] for q in quality] == ["failed", "failed"]
+
+
+def test_strict_stops_at_the_first_failure(tmp_path):
+    summary, quality = run(tmp_path, ["ok", "raise", "ok"], strict=True)
+    assert [q["status"] for q in quality] == ["kept", "failed"] and summary.exit_code == EXIT_PARTIAL
+
+
+def test_filters_can_be_switched_off(tmp_path):
+    summary, _ = run(tmp_path, ["ok", "dup", "idle"], drop_duplicates=False, drop_idle=False)
+    assert summary.kept == 3
+
+
+class TwoEmbodimentSource(FakeSource):
+    def load(self, ref):
+        ep = super().load(ref)
+        if ref.index == "1":  # same embodiment name, other state size: the store cannot hold both
+            ep.state = np.concatenate([ep.state, ep.state], axis=1)
+        return ep
+
+
+def test_episode_with_other_dims_for_the_same_embodiment_fails_alone(tmp_path):
+    opts = ConvertOptions(out=tmp_path / "store", resolution=(8, 8))
+    summary = convert(TwoEmbodimentSource(["ok", "ok", "ok"]), opts, Console(quiet=True))
+    quality = json.loads((tmp_path / "store" / "quality.json").read_text())
+    assert [q["status"] for q in quality] == ["kept", "failed", "kept"]
+    assert "pass a different --embodiment" in quality[1]["message"]
+    assert [e.source_index for e in EpisodeStore(tmp_path / "store").episodes] == ["0", "2"]
+    assert summary.exit_code == EXIT_PARTIAL

@@ -1,0 +1,92 @@
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from robofm.data.dataset import EpisodeWindowDataset, StoreSpec
+from robofm.errors import UsageError
+from tests.conftest import indexed_episode, write_store
+
+
+def test_window_holds_the_frames_state_and_actions_of_its_steps(store_factory):
+    ds = EpisodeWindowDataset(store_factory(n=3, length=30), window_len=4, stride=3, split=None, seed=1)
+    for i in range(50):
+        item = ds[i]
+        idx = item["frame_index"].numpy()
+        start = idx[0]
+        np.testing.assert_array_equal(idx, start + 3 * np.arange(5))  # K + 1 frames, the last is the target
+        assert item["frames"].shape == (2, 5, 8, 8, 3) and item["frames"].dtype == torch.uint8
+        np.testing.assert_array_equal(item["frames"][0, :, 0, 0, 0].numpy(), idx % 256)
+        np.testing.assert_array_equal(item["frames"][1, :, 3, 3, 2].numpy(), (idx + 100) % 256)
+        np.testing.assert_array_equal(item["state"][:, 0].numpy(), idx[:4])  # state at the K observation steps
+        # the s actions between step k and k+1 are those of frames idx[k] .. idx[k] + s - 1
+        expected = idx[:4, None] + np.arange(3)[None]
+        np.testing.assert_array_equal(item["actions"][..., 0].numpy(), expected)
+        np.testing.assert_array_equal(item["actions"][..., 1].numpy(), -expected)
+        np.testing.assert_allclose(item["timestamp"].numpy(), idx / 10.0)
+        seed = int(item["state"][0, 1])
+        assert item["episode_id"] == f"ep-{seed:06d}" and item["task"] == "pick" and item["has_action"]
+        assert idx[-1] < 30
+
+
+def _all_indices(loader):
+    return [(b["episode_id"][j], int(b["frame_index"][j, 0])) for b in loader for j in range(len(b["episode_id"]))]
+
+
+def test_sampling_is_deterministic_across_worker_counts_and_epochs(store_factory):
+    root = store_factory(n=4, length=25)
+    ds = EpisodeWindowDataset(root, window_len=3, stride=2, split=None, seed=7, samples_per_epoch=40)
+    single = _all_indices(DataLoader(ds, batch_size=5, num_workers=0))
+    two = _all_indices(DataLoader(ds, batch_size=5, num_workers=2))
+    assert single == two
+    again = _all_indices(DataLoader(EpisodeWindowDataset(root, 3, 2, split=None, seed=7, samples_per_epoch=40),
+                                    batch_size=5, num_workers=2))  # fmt: skip
+    assert again == single
+    ds.set_epoch(1)
+    assert _all_indices(DataLoader(ds, batch_size=5)) != single
+    other_seed = EpisodeWindowDataset(root, 3, 2, split=None, seed=8, samples_per_epoch=40)
+    assert _all_indices(DataLoader(other_seed, batch_size=5)) != single
+
+
+def test_ranks_draw_disjoint_shares_of_the_epoch(store_factory):
+    root = store_factory(n=2, length=40)
+    full = EpisodeWindowDataset(root, 2, 1, split=None, seed=3, samples_per_epoch=12)
+    parts = [EpisodeWindowDataset(root, 2, 1, split=None, seed=3, samples_per_epoch=12, rank=r, world_size=3)
+             for r in range(3)]  # fmt: skip
+    assert [len(p) for p in parts] == [4, 4, 4]
+    merged = [full.locate(i)[1:] for i in range(12)]
+    for r, p in enumerate(parts):
+        assert [(info.id, start) for _, info, start in map(p.locate, range(4))] == [
+            (info.id, start) for info, start in merged[r::3]
+        ]
+
+
+def test_mixture_respects_weights_and_keeps_each_store_embodiment(tmp_path):
+    a = write_store(tmp_path / "a", [indexed_episode(20, seed=i, embodiment="arm") for i in range(3)])
+    b = write_store(tmp_path / "b", [indexed_episode(20, seed=10 + i, embodiment="biarm", state_dim=5, action_dim=4)
+                                     for i in range(3)])  # fmt: skip
+    ds = EpisodeWindowDataset([StoreSpec(a, 1.0), StoreSpec(b, 3.0)], 2, 2, split=None, seed=0, samples_per_epoch=2000)
+    stores = np.array([ds.locate(i)[0] for i in range(len(ds))])
+    share_b = stores.mean()
+    assert abs(share_b - 0.75) < 4 * np.sqrt(0.75 * 0.25 / 2000)  # within 4 standard errors
+    item_a = next(ds[i] for i in range(20) if ds.locate(i)[0] == 0)
+    item_b = next(ds[i] for i in range(20) if ds.locate(i)[0] == 1)
+    assert item_a["embodiment"] == "arm" and item_b["embodiment"] == "biarm"
+    assert item_a["state"].shape == item_b["state"].shape == (2, 5)  # padded to the mixture's largest dims
+    assert item_a["state_mask"].tolist() == [True] * 3 + [False] * 2 and item_b["state_mask"].all()
+    assert item_a["action_mask"].tolist() == [True, True, False, False]
+    assert (item_a["actions"][..., 2:] == 0).all()
+    assert ds.stats(0, "arm")["state"]["max"][1] == 2.0 and ds.stats(1, "biarm")["state"]["max"][1] == 12.0
+
+
+def test_short_episodes_are_reported_and_splits_honoured(tmp_path, caplog):
+    eps = [indexed_episode(30, seed=0), indexed_episode(5, seed=1)]
+    root = write_store(tmp_path / "s", eps)
+    ds = EpisodeWindowDataset(root, 4, 2, split="train")
+    assert ds.too_short == [(str(root), "ep-000001", 5)]
+    assert "shorter than a window" in caplog.text
+    assert {ds.locate(i)[1].id for i in range(len(ds))} == {"ep-000000"}
+    with pytest.raises(UsageError, match="no episode in split 'val'"):
+        EpisodeWindowDataset(root, 4, 2, split="val")
+    with pytest.raises(UsageError, match="camera 'top' is in none of the stores"):
+        EpisodeWindowDataset(root, 4, 2, cameras=["top"])

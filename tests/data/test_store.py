@@ -1,0 +1,94 @@
+import json
+
+import h5py
+import numpy as np
+import pytest
+
+from robofm.data.episode import content_hash
+from robofm.data.store import FORMAT_VERSION, EpisodeStore, StoreWriter
+from robofm.errors import StoreError
+from tests.conftest import indexed_episode, write_store
+
+
+def test_round_trip_keeps_every_array_and_attribute(tmp_path):
+    eps = [indexed_episode(15, seed=i) for i in range(3)]
+    eps[2].action = None  # action-free video episodes are stored without an action dataset
+    store = EpisodeStore(write_store(tmp_path / "s", eps))
+    assert [e.id for e in store.episodes] == ["ep-000000", "ep-000001", "ep-000002"]
+    assert len({e.shard for e in store.episodes}) > 1  # tiny shard size: the store spans shards
+    for info, ep in zip(store.episodes, eps, strict=True):
+        back = store.read_episode(info.id)
+        for cam in ep.frames:
+            np.testing.assert_array_equal(back.frames[cam], ep.frames[cam])
+        np.testing.assert_array_equal(back.state, ep.state)
+        np.testing.assert_array_equal(back.timestamp, ep.timestamp)
+        assert (back.action is None) == (ep.action is None) == (not info.has_action)
+        assert info.content_hash == content_hash(ep) and info.task == "pick" and info.length == 15
+    m = store.manifest
+    assert m["format_version"] == FORMAT_VERSION and m["fps"] == 10.0
+    assert m["cameras"] == {"front": [8, 8], "wrist": [8, 8]}
+    assert m["embodiments"]["arm"]["state_dim"] == 3 and m["embodiments"]["arm"]["action_dim"] == 2
+    st = store.stats["arm"]
+    allstate = np.concatenate([e.state for e in eps])
+    np.testing.assert_allclose(st["state"]["mean"], allstate.mean(0), rtol=1e-6)
+    np.testing.assert_allclose(st["action"]["max"], [14, 0])
+    with h5py.File(store.shard_path(store.episodes[0].shard)) as f:
+        assert f["ep-000000/frames/front"].chunks[0] == 1  # chunked along time
+
+
+def test_failed_episode_write_leaves_nothing_in_the_shard(tmp_path):
+    writer = StoreWriter(tmp_path / "s", fps=10, cameras={"front": (8, 8), "wrist": (8, 8)})
+    good = indexed_episode(10, seed=1)
+    writer.add(good, content_hash(good), "train")
+    bad = indexed_episode(10, seed=2)
+    bad.state = "not an array"  # fails after the frames were written
+    with pytest.raises(AttributeError):
+        writer.add(bad, "x", "train")
+    writer.close()
+    store = EpisodeStore(tmp_path / "s")
+    assert [e.id for e in store.episodes] == ["ep-000000"]
+    with h5py.File(store.shard_path(store.episodes[0].shard)) as f:
+        assert list(f) == ["ep-000000"]
+
+
+def test_newer_format_and_missing_shards_give_clear_errors(tmp_path, store_factory):
+    root = store_factory()
+    m = json.loads((root / "manifest.json").read_text())
+    m["format_version"] = FORMAT_VERSION + 1
+    (root / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(StoreError, match="upgrade robofm"):
+        EpisodeStore(root)
+    m["format_version"] = FORMAT_VERSION
+    (root / "manifest.json").write_text(json.dumps(m))
+    shard = root / "shards" / m["episodes"][0]["shard"]
+    shard.unlink()
+    with pytest.raises(StoreError, match="missing") as err:
+        EpisodeStore(root)
+    assert shard.name in str(err.value)
+    with pytest.raises(StoreError, match="not a robofm episode store"):
+        EpisodeStore(tmp_path / "nothing")
+
+
+def test_manifest_that_disagrees_with_shards_is_rejected(store_factory):
+    root = store_factory()
+    m = json.loads((root / "manifest.json").read_text())
+    m["episodes"][1]["length"] += 1
+    (root / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(StoreError, match="ep-000001 has 20 frames, manifest says 21"):
+        EpisodeStore(root)
+
+
+def test_unknown_episode_lists_what_exists(store_factory):
+    store = EpisodeStore(store_factory())
+    with pytest.raises(StoreError, match="ep-000000, ep-000001"):
+        store.info("ep-999")
+
+
+def test_store_is_never_half_written(store_factory):
+    """The manifest is the last file written: a store without one is not a store, and partial shards
+    from a crashed conversion are removed by the next writer."""
+    root = store_factory()
+    (root / "shards" / "shard-00099.h5.partial").write_bytes(b"crashed")
+    StoreWriter(root, fps=10, cameras={"front": (8, 8), "wrist": (8, 8)}, mode="append").close()
+    assert not list((root / "shards").glob("*.partial"))
+    assert len(EpisodeStore(root).episodes) == 4
