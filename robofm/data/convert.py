@@ -66,7 +66,7 @@ class Prepared:
 def prepare(source: Source, ref: EpisodeRef, opts: ConvertOptions) -> Prepared:
     """Load, check, resample and resize one episode. Runs in a worker process."""
     try:
-        ep = source.load(ref)
+        ep = source.load(ref, opts.resolution, opts.resize_mode)
         if opts.embodiment:
             ep.embodiment = opts.embodiment
         ep.validate()

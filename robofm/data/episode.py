@@ -111,6 +111,16 @@ def resize_frames(frames: np.ndarray, size: tuple[int, int], mode: str = "crop",
     return out
 
 
+FRAME_CHUNK = 64  # frames decoded and resized at a time
+
+
+def resize_chunks(chunks, size: tuple[int, int] | None, mode: str = "crop") -> np.ndarray:
+    """Concatenate an iterable of uint8 [n, H, W, 3] chunks, resizing each to `size` (None keeps it) as it
+    arrives: only one chunk is held at source resolution."""
+    out = [c if size is None else resize_frames(c, size, mode) for c in chunks]
+    return np.concatenate(out) if out else np.zeros((0, *(size or (0, 0)), 3), np.uint8)
+
+
 def resample(ep: Episode, fps: float) -> Episode:
     """Resample an episode onto a regular timeline at `fps`, from its first to its last timestamp.
 

@@ -27,7 +27,7 @@ class FakeSource:
     def episodes(self):
         return [EpisodeRef("fake.h5", str(i), (k,)) for i, k in enumerate(self.kinds)]
 
-    def load(self, ref):
+    def load(self, ref, frame_size=None, resize_mode="crop"):
         (kind,) = ref.key
         seed = int(ref.index)
         if kind == "raise":
@@ -83,8 +83,8 @@ def test_filters_can_be_switched_off(tmp_path):
 
 
 class TwoEmbodimentSource(FakeSource):
-    def load(self, ref):
-        ep = super().load(ref)
+    def load(self, ref, frame_size=None, resize_mode="crop"):
+        ep = super().load(ref, frame_size, resize_mode)
         if ref.index == "1":  # same embodiment name, other state size: the store cannot hold both
             ep.state = np.concatenate([ep.state, ep.state], axis=1)
         return ep

@@ -24,6 +24,10 @@ class Source(Protocol):
 
     def episodes(self) -> list[EpisodeRef]: ...
 
-    def load(self, ref: EpisodeRef) -> Episode:
-        """Decode one episode; raise robofm.errors.EpisodeError naming the file and episode on bad input."""
+    def load(self, ref: EpisodeRef, frame_size: tuple[int, int] | None = None, resize_mode: str = "crop") -> Episode:
+        """Decode one episode; raise robofm.errors.EpisodeError naming the file and episode on bad input.
+
+        With frame_size, frames are resized (robofm.data.episode.resize_frames) chunk by chunk while they are
+        decoded, so a long high-resolution episode never sits in memory at full size.
+        """
         ...

@@ -18,7 +18,7 @@ import h5py
 import numpy as np
 import yaml
 
-from robofm.data.episode import Episode
+from robofm.data.episode import FRAME_CHUNK, Episode, resize_chunks
 from robofm.data.sources.base import EpisodeRef
 from robofm.errors import EpisodeError, UsageError
 
@@ -159,8 +159,10 @@ def load_mapping(path: Path) -> Mapping:
 class _Reader:
     """Reads datasets of one open file; every problem becomes an EpisodeError naming the file and episode."""
 
-    def __init__(self, f: h5py.File, file: str, episode: str) -> None:
+    def __init__(self, f: h5py.File, file: str, episode: str, frame_size: tuple[int, int] | None = None,
+                 resize_mode: str = "crop") -> None:  # fmt: skip
         self.f, self.file, self.episode = f, file, episode
+        self.frame_size, self.resize_mode = frame_size, resize_mode
 
     def fail(self, problem: str) -> EpisodeError:
         return EpisodeError(problem, file=self.file, episode=self.episode)
@@ -218,17 +220,23 @@ class _Reader:
         return np.concatenate(parts, axis=1), names
 
     def frames(self, base: h5py.Group, path: str, chw: bool = False) -> np.ndarray:
-        """Images as uint8 [T, H, W, 3].
+        """Images as uint8 [T, H, W, 3], read, checked and resized (to self.frame_size) in chunks of frames."""
+        ds = self.dataset(base, path)
+        if ds.ndim == 0:
+            raise self.fail(f"{ds.name!r}: expected images [T, H, W, 3], got a scalar")
+        chunks = (self._frames_chunk(ds, ds[i : i + FRAME_CHUNK], i, chw) for i in range(0, len(ds), FRAME_CHUNK))
+        return resize_chunks(chunks, self.frame_size, self.resize_mode)
+
+    def _frames_chunk(self, ds: h5py.Dataset, arr: np.ndarray, first: int, chw: bool) -> np.ndarray:
+        """One chunk of images (`arr`, frames first..first+n of `ds`) as uint8 [n, H, W, 3].
 
         Rows of encoded bytes ([T, L] uint8, zero-padded, or variable-length) are decoded with OpenCV: ALOHA's
         `compress` files. Channel order is kept as stored (imencode/imdecode round-trip it unchanged). Float
         images with values in [0, 1] are scaled to 0..255 and rounded; any other dtype is an error.
         """
-        ds = self.dataset(base, path)
-        arr = ds[()]
         decoded = arr.dtype == object or (arr.ndim == 2 and arr.dtype == np.uint8)
         if decoded:
-            arr = self._decode_rows(ds.name, arr)
+            arr = self._decode_rows(ds.name, arr, first)
         elif chw and arr.ndim == 4:
             arr = arr.transpose(0, 2, 3, 1)  # (T, C, H, W) -> (T, H, W, C)
         if arr.ndim != 4 or arr.shape[-1] != 3:
@@ -242,7 +250,7 @@ class _Reader:
         lo, hi = (float(np.nanmin(arr)), float(np.nanmax(arr))) if arr.size and arr.dtype.kind in "biuf" else (0, 0)
         raise self.fail(f"{ds.name!r}: expected uint8 images (or floats in [0, 1]), got {arr.dtype} in [{lo}, {hi}]")
 
-    def _decode_rows(self, name: str, rows: np.ndarray) -> np.ndarray:
+    def _decode_rows(self, name: str, rows: np.ndarray, first: int = 0) -> np.ndarray:
         import cv2  # opencv-python-headless, installed with lerobot
 
         images = []
@@ -250,9 +258,9 @@ class _Reader:
             buf = np.frombuffer(row, np.uint8) if isinstance(row, bytes) else np.asarray(row, np.uint8)
             img = cv2.imdecode(buf, cv2.IMREAD_COLOR)  # trailing zero padding is ignored by the decoder
             if img is None:
-                raise self.fail(f"{name!r}: step {step} is not a decodable JPEG/PNG image")
+                raise self.fail(f"{name!r}: step {first + step} is not a decodable JPEG/PNG image")
             if images and img.shape != images[0].shape:
-                raise self.fail(f"{name!r}: step {step} decodes to {img.shape}, step 0 to {images[0].shape}")
+                raise self.fail(f"{name!r}: step {first + step} decodes to {img.shape}, step {first} to {images[0].shape}")
             images.append(img)
         if not images:
             raise self.fail(f"{name!r} holds no images")
@@ -379,7 +387,7 @@ class Hdf5Source:
             raise r.fail(f"no episode group matches {pattern!r}; {top.name!r} has {sorted(top.keys())[:20]}")
         return sorted(names, key=_natural_key)
 
-    def load(self, ref: EpisodeRef) -> Episode:
+    def load(self, ref: EpisodeRef, frame_size: tuple[int, int] | None = None, resize_mode: str = "crop") -> Episode:
         """Decode one episode; raise EpisodeError naming the file and episode for any bad input."""
         file, group = ref.key
         try:
@@ -388,7 +396,7 @@ class Hdf5Source:
             raise EpisodeError(f"cannot be opened as HDF5 (truncated, or not an HDF5 file): {e}", file=file,
                                episode=ref.index) from e  # fmt: skip
         with f:
-            r = _Reader(f, file, ref.index)
+            r = _Reader(f, file, ref.index, frame_size, resize_mode)
             try:
                 if group is None:  # listing failed: say why
                     self._groups(r)

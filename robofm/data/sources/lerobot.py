@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from robofm.data.episode import Episode
+from robofm.data.episode import FRAME_CHUNK, Episode, resize_chunks
 from robofm.data.sources.base import EpisodeRef
 from robofm.errors import EpisodeError, UsageError
 
@@ -86,7 +86,7 @@ class LeRobotSource:
                                                  video_backend="pyav")  # fmt: skip
         return _OPEN_DATASETS[key]
 
-    def load(self, ref: EpisodeRef) -> Episode:
+    def load(self, ref: EpisodeRef, frame_size: tuple[int, int] | None = None, resize_mode: str = "crop") -> Episode:
         from lerobot.datasets.video_utils import decode_video_frames
 
         (index,) = ref.key
@@ -105,15 +105,24 @@ class LeRobotSource:
             if key in ds.meta.video_keys:
                 t0 = meta[f"videos/{key}/from_timestamp"]
                 video = ds.root / ds.meta.get_video_file_path(index, key)
-                try:
-                    chw = decode_video_frames(video, [float(t0 + t) for t in timestamp], ds.tolerance_s, "pyav", return_uint8=True)
-                except Exception as e:  # noqa: BLE001 -- a broken video is this episode's failure
-                    raise EpisodeError(f"camera {key}: cannot decode: {type(e).__name__}: {e}", file=str(video),
-                                       episode=ref.index) from e  # fmt: skip
-                frames[cam] = chw.permute(0, 2, 3, 1).numpy()  # (T, H, W, 3)
+                times = [float(t0 + t) for t in timestamp]
+
+                def decode(times=times, video=video, key=key):
+                    for i in range(0, len(times), FRAME_CHUNK):
+                        try:
+                            chw = decode_video_frames(video, times[i : i + FRAME_CHUNK], ds.tolerance_s, "pyav",
+                                                      return_uint8=True)  # fmt: skip
+                        except Exception as e:  # noqa: BLE001 -- a broken video is this episode's failure
+                            raise EpisodeError(f"camera {key}: cannot decode: {type(e).__name__}: {e}",
+                                               file=str(video), episode=ref.index) from e  # fmt: skip
+                        yield chw.permute(0, 2, 3, 1).numpy()  # (n, H, W, 3)
+
+                frames[cam] = resize_chunks(decode(), frame_size, resize_mode)
             else:
-                imgs = np.stack([np.asarray(im) for im in rows[key]])
-                frames[cam] = _to_uint8_hwc(imgs)
+                images = rows[key]
+                chunks = (_to_uint8_hwc(np.stack([np.asarray(im) for im in images[i : i + FRAME_CHUNK]]))
+                          for i in range(0, len(images), FRAME_CHUNK))  # fmt: skip
+                frames[cam] = resize_chunks(chunks, frame_size, resize_mode)
         tasks = list(meta["tasks"]) if "tasks" in meta else []
         task = tasks[0] if tasks else self.task
         if not task:

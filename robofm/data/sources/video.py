@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from robofm.data.episode import Episode
+from robofm.data.episode import FRAME_CHUNK, Episode, resize_chunks
 from robofm.data.sources.base import EpisodeRef
 from robofm.errors import EpisodeError, UsageError
 
@@ -128,7 +128,7 @@ class VideoSource:
                 continue  # that episode will fail when loaded; the rate comes from the next episode
         return None
 
-    def load(self, ref: EpisodeRef) -> Episode:
+    def load(self, ref: EpisodeRef, frame_size: tuple[int, int] | None = None, resize_mode: str = "crop") -> Episode:
         """Decode one episode folder; raise EpisodeError naming the file and the episode on bad input."""
         folder, name = Path(ref.source), ref.index
         videos = _videos(folder)
@@ -139,7 +139,7 @@ class VideoSource:
         table = self._table_path(folder, name)
         tel = read_telemetry(table, self.columns, name)
         start = tel.timestamp[0] + self.video_time_offset  # video PTS 0 on the telemetry clock
-        decoded = {cam: decode_video(path, name) for cam, path in videos.items()}
+        decoded = {cam: decode_video(path, name, frame_size, resize_mode) for cam, path in videos.items()}
         t, frames = align(tel.timestamp, decoded, start)
         if len(t) == 0:
             spans = "; ".join(f"{cam} [{start + p[0]:.3f}, {start + p[-1]:.3f}]" for cam, (_, p) in decoded.items())
@@ -271,15 +271,17 @@ def video_rate(path: Path, episode: str) -> float:
     return (len(pts) - 1) / float(pts[-1] - pts[0])
 
 
-def decode_video(path: Path, episode: str) -> tuple[np.ndarray, np.ndarray]:
+def decode_video(path: Path, episode: str, frame_size: tuple[int, int] | None = None, resize_mode: str = "crop"
+                 ) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
     """Decode a video's first stream: uint8 frames [N, H, W, 3] (RGB) and presentation times float64 [N] seconds.
+    With frame_size, frames are resized in chunks as they are decoded.
 
     Raises EpisodeError if the file cannot be opened or decoded, yields fewer frames than its header lists
     (truncated), has no frames, changes frame size, or has presentation times that do not increase.
     """
     fail = partial(EpisodeError, file=str(path), episode=episode)
     container, stream = _open_video(path, episode)
-    frames, pts = [], []
+    frames, pts, chunks, shapes = [], [], [], set()
     with container:
         stream.thread_type = "AUTO"
         rate, listed = stream.average_rate or stream.guessed_rate, stream.frames
@@ -289,19 +291,25 @@ def decode_video(path: Path, episode: str) -> tuple[np.ndarray, np.ndarray]:
                     raise fail("frames carry no timestamps and the stream has no frame rate")
                 pts.append(len(pts) / float(rate) if frame.pts is None else float(frame.pts * stream.time_base))
                 frames.append(frame.to_ndarray(format="rgb24"))
+                shapes.add(frames[-1].shape)
+                if len(shapes) > 1:
+                    raise fail(f"the frame size changes within the video: {sorted(s[:2] for s in shapes)}")
+                if len(frames) == FRAME_CHUNK:
+                    chunks.append(resize_chunks([np.stack(frames)], frame_size, resize_mode))
+                    frames = []
         except _DECODE_ERRORS as e:
-            raise fail(f"cannot decode the video after {len(frames)} frames: {e}") from e
-    if not frames:
+            raise fail(f"cannot decode the video after {len(pts)} frames: {e}") from e
+    if frames:
+        chunks.append(resize_chunks([np.stack(frames)], frame_size, resize_mode))
+    if not chunks:
         raise fail("the video has no frames")
-    if len({f.shape for f in frames}) > 1:
-        raise fail(f"the frame size changes within the video: {sorted({f.shape[:2] for f in frames})}")
-    if listed and len(frames) < listed:
-        raise fail(f"decoded {len(frames)} of the {listed} frames the header lists: the file is truncated or damaged")
+    if listed and len(pts) < listed:
+        raise fail(f"decoded {len(pts)} of the {listed} frames in the video header: truncated or damaged file")
     times = np.asarray(pts, dtype=np.float64)
     if len(times) > 1 and not (np.diff(times) > 0).all():
         i = int(np.argmax(np.diff(times) <= 0)) + 1
         raise fail(f"frame presentation times do not increase at frame {i} ({times[i - 1]:.6f} -> {times[i]:.6f} s)")
-    return np.stack(frames), times
+    return np.concatenate(chunks), times
 
 
 # --------------------------------------------------------------------------- telemetry
