@@ -127,7 +127,8 @@ def resample(ep: Episode, fps: float) -> Episode:
     Frames take the nearest source frame; state and action are linearly interpolated per dimension.
     """
     ts = ep.timestamp
-    n = int(np.floor((ts[-1] - ts[0]) * fps + 1e-6)) + 1
+    # a quarter-frame tolerance: float32 timestamps (LeRobot's) put the last frame a hair before k / fps
+    n = int(np.floor((ts[-1] - ts[0]) * fps + 0.25)) + 1
     target = ts[0] + np.arange(n) / fps
     if n == len(ts) and np.allclose(target, ts, atol=0.25 / fps):
         return ep

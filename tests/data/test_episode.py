@@ -59,3 +59,11 @@ def test_validate_names_the_problem(edit, message):
     with pytest.raises(EpisodeError, match=message.replace("(", r"\(").replace(")", r"\)")) as err:
         ep.validate()
     assert "file synthetic-0, episode 0" in str(err.value)
+
+
+def test_resample_at_the_native_rate_keeps_every_frame_of_float32_timestamps():
+    ep = indexed_episode(100)
+    ep.timestamp = (np.arange(100, dtype=np.float32) / np.float32(30)).astype(np.float64)  # as LeRobot stores them
+    out = resample(ep, 30.0)
+    assert out.length == 100
+    np.testing.assert_array_equal(out.frames["front"][:, 0, 0, 0], np.arange(100))
