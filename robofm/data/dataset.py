@@ -127,22 +127,25 @@ class EpisodeWindowDataset(torch.utils.data.Dataset):
 
     def read_window(self, s: int, info: EpisodeInfo, start: int) -> dict:
         k, stride = self.window_len, self.stride
-        g = self.stores[s].group(info.id)
-        steps = slice(start, start + k * stride + 1, stride)
+        arrays = self.stores[s].arrays(info.id)
+        steps = range(start, start + k * stride + 1, stride)
+        span = slice(start, start + k * stride)
         h, w = self.frame_size
         frames = np.zeros((len(self.cameras), k + 1, h, w, 3), dtype=np.uint8)
         camera_mask = np.zeros(len(self.cameras), dtype=bool)
         for c, cam in enumerate(self.cameras):
-            if cam in g["frames"]:
-                frames[c] = g["frames"][cam][steps]
+            if cam in arrays.frames:
+                ds = arrays.frames[cam]
+                for j, t in enumerate(steps):  # one read per frame: HDF5's strided selections are ~100x slower
+                    frames[c, j] = ds[t]
                 camera_mask[c] = True
         state = np.zeros((k, self.state_dim), dtype=np.float32)
-        raw_state = g["state"][start : start + k * stride : stride]
+        raw_state = arrays.state[span][::stride]  # contiguous read, then stride in numpy (see above)
         state[:, : raw_state.shape[1]] = raw_state
         actions = np.zeros((k, stride, self.action_dim), dtype=np.float32)
         action_mask = np.zeros(self.action_dim, dtype=bool)
-        if "action" in g:
-            raw = g["action"][start : start + k * stride]
+        if arrays.action is not None:
+            raw = arrays.action[span]
             actions[..., : raw.shape[1]] = raw.reshape(k, stride, raw.shape[1])
             action_mask[: raw.shape[1]] = True
         state_mask = np.zeros(self.state_dim, dtype=bool)
@@ -154,9 +157,9 @@ class EpisodeWindowDataset(torch.utils.data.Dataset):
             "state_mask": torch.from_numpy(state_mask),
             "actions": torch.from_numpy(actions),
             "action_mask": torch.from_numpy(action_mask),
-            "has_action": "action" in g,
+            "has_action": arrays.action is not None,
             "frame_index": torch.arange(start, start + k * stride + 1, stride),
-            "timestamp": torch.from_numpy(g["timestamp"][steps]),
+            "timestamp": torch.from_numpy(arrays.timestamp[start : start + k * stride + 1][::stride].copy()),
             "task": info.task,
             "embodiment": info.embodiment,
             "episode_id": info.id,

@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import json
 import os
+from collections import OrderedDict
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import h5py
 import numpy as np
@@ -28,7 +29,17 @@ from robofm.data.stats import RunningStats
 from robofm.errors import StoreError
 
 FORMAT_VERSION = 1
+OPEN_EPISODES = 512  # per process: datasets kept open by EpisodeStore.arrays
 MANIFEST, STATS, QUALITY = "manifest.json", "stats.json", "quality.json"
+
+
+class EpisodeArrays(NamedTuple):
+    """Open HDF5 datasets of one episode."""
+
+    frames: dict[str, h5py.Dataset]
+    state: h5py.Dataset
+    action: h5py.Dataset | None
+    timestamp: h5py.Dataset
 
 
 @dataclass
@@ -279,6 +290,7 @@ class EpisodeStore:
         self.stats = json.loads((self.root / STATS).read_text()) if (self.root / STATS).exists() else {}
         self.quality = json.loads((self.root / QUALITY).read_text()) if (self.root / QUALITY).exists() else []
         self._files: dict[str, h5py.File] = {}
+        self._arrays: OrderedDict[str, EpisodeArrays] = OrderedDict()
         self._pid = os.getpid()
         if validate:
             self.validate()
@@ -318,7 +330,7 @@ class EpisodeStore:
 
     def _file(self, shard: str) -> h5py.File:
         if os.getpid() != self._pid:  # forked into a worker: never share the parent's HDF5 handles
-            self._files, self._pid = {}, os.getpid()
+            self._files, self._arrays, self._pid = {}, OrderedDict(), os.getpid()
         f = self._files.get(shard)
         if f is None:
             f = self._files[shard] = h5py.File(self.shard_path(shard), "r")
@@ -327,6 +339,23 @@ class EpisodeStore:
     def group(self, episode_id: str) -> h5py.Group:
         info = self.info(episode_id)
         return self._file(info.shard)[episode_id]
+
+    def arrays(self, episode_id: str) -> EpisodeArrays:
+        """The episode's HDF5 datasets, opened once per process and kept for the most recent episodes:
+        looking them up costs more than reading a frame."""
+        if os.getpid() != self._pid:
+            self._files, self._arrays, self._pid = {}, OrderedDict(), os.getpid()
+        arrays = self._arrays.get(episode_id)
+        if arrays is None:
+            g = self.group(episode_id)
+            arrays = EpisodeArrays({c: g["frames"][c] for c in g["frames"]}, g["state"],
+                                   g["action"] if "action" in g else None, g["timestamp"])  # fmt: skip
+            self._arrays[episode_id] = arrays
+            if len(self._arrays) > OPEN_EPISODES:
+                self._arrays.popitem(last=False)
+        else:
+            self._arrays.move_to_end(episode_id)
+        return arrays
 
     def info(self, episode_id: str) -> EpisodeInfo:
         try:
@@ -351,12 +380,13 @@ class EpisodeStore:
         )
 
     def close(self) -> None:
+        self._arrays.clear()
         for f in self._files.values():
             f.close()
         self._files = {}
 
     def __getstate__(self) -> dict:
-        return {**self.__dict__, "_files": {}}
+        return {**self.__dict__, "_files": {}, "_arrays": OrderedDict()}
 
     def summary(self) -> dict:
         """Counts a person wants before spending compute on a store."""
