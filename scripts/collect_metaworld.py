@@ -1,0 +1,361 @@
+#!/usr/bin/env python
+"""Collect scripted-expert demonstrations on MetaWorld MT10 and write them as a LeRobot v3 dataset.
+
+For every MT10 task the script builds MetaWorld's MT1 benchmark for that task (50 goal/object layouts drawn with
+``--seed``), runs the task's scripted expert from ``metaworld.policies`` on successive layouts, renders the
+chosen cameras offscreen, and keeps only the episodes in which the expert succeeded, until it has
+``--episodes-per-task`` of them. Episodes are written with lerobot's own writer (``LeRobotDataset.create`` /
+``add_frame`` / ``save_episode`` / ``finalize``), videos encoded by lerobot's PyAV encoder.
+
+Timing: MetaWorld steps its controller at 80 Hz (frame_skip 5 x 2.5 ms). At ``--fps F`` the expert is queried
+once per recorded frame and its action is held for 80/F simulator steps (action repeat), so every recorded
+(observation, action) pair is exactly what the controller saw and did. Recording stops ``--tail`` frames after
+the first success, or at ``--max-frames`` (then the episode counts as failed and is dropped).
+
+Needs the sim extra (``pip install metaworld==3.1.1``, which pins mujoco 3.3.0) and, without a display, an
+offscreen GL: ``apt-get install libosmesa6`` (MUJOCO_GL defaults to osmesa here) or MUJOCO_GL=egl on a GPU box.
+Downloads nothing. Deterministic for a given ``--seed`` (and machine/MuJoCo build).
+
+    python scripts/collect_metaworld.py --out datasets/metaworld_mt10 --overwrite
+"""
+
+from __future__ import annotations
+
+import os
+
+# Headless rendering: must be set before mujoco (imported by metaworld) is first imported.
+os.environ.setdefault("MUJOCO_GL", "osmesa")
+if os.environ["MUJOCO_GL"] in ("osmesa", "egl"):
+    os.environ.setdefault("PYOPENGL_PLATFORM", os.environ["MUJOCO_GL"])
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach the hub: the dataset is local
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")  # one "Map" bar per saved episode otherwise
+os.environ.setdefault("SVT_LOG", "1")  # SVT-AV1: errors only, not its config banner per episode
+
+import argparse  # noqa: E402
+import logging  # noqa: E402
+import shutil  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+import warnings  # noqa: E402
+from collections import Counter  # noqa: E402
+from dataclasses import dataclass, field  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+MT10_TASKS = [
+    "reach-v3",
+    "push-v3",
+    "pick-place-v3",
+    "door-open-v3",
+    "drawer-open-v3",
+    "drawer-close-v3",
+    "button-press-topdown-v3",
+    "peg-insert-side-v3",
+    "window-open-v3",
+    "window-close-v3",
+]
+
+# Natural-language instruction per MetaWorld task (the LeRobot "task" string of each frame).
+INSTRUCTIONS = {
+    "reach-v3": "reach the goal position",
+    "push-v3": "push the puck to the goal",
+    "pick-place-v3": "pick up the puck and place it at the goal",
+    "door-open-v3": "open the door",
+    "drawer-open-v3": "open the drawer",
+    "drawer-close-v3": "close the drawer",
+    "button-press-topdown-v3": "press the button from the top",
+    "peg-insert-side-v3": "insert the peg into the hole from the side",
+    "window-open-v3": "open the window",
+    "window-close-v3": "close the window",
+}
+
+# Cameras. MetaWorld's fixed "corner*" cameras render upside down (their up axis points at the floor), so their
+# images are rotated by 180 degrees (both axes flipped: a rotation, not a mirror). "corner2" is moved to
+# (0.75, 0.075, 0.7) exactly like lerobot's MetaWorld eval env (lerobot/envs/metaworld.py) does, so policies
+# trained on this view can be evaluated there; it looks at the table from the robot's right (+x). "left" is a free
+# camera (not in MetaWorld's XML) looking at the workspace from the robot's left (-x), slightly in front of the
+# base, so that what the arm or an object hides in one view is mostly visible in the other. "front" faces the
+# robot across the table (it sees the backs of the door and drawer, so it is not a default).
+CAMERAS = {
+    "corner": dict(name="corner", rotate180=True),
+    "corner2": dict(name="corner2", rotate180=True, pos=(0.75, 0.075, 0.7)),
+    "corner4": dict(name="corner4", rotate180=True),
+    "left": dict(lookat=(0.0, 0.65, 0.12), distance=1.1, azimuth=20.0, elevation=-35.0),
+    "front": dict(lookat=(0.0, 0.65, 0.12), distance=1.2, azimuth=-90.0, elevation=-30.0),
+}
+SHADOW_MAP_SIZE = 1024  # MetaWorld's 4096 shadow map doubles software-GL render time for no visible gain at 96 px
+
+STATE_NAMES = ["hand_x", "hand_y", "hand_z", "gripper_open"]
+# Object quaternion as MetaWorld reports it: xyzw (scipy) for reach/push/pick-place/door/peg, wxyz (MuJoCo) for
+# drawer-open/button, zeros for drawer-close/window-*. MT10 tasks have one object, so the second object slot of the
+# observation (obs[11:18]) is always zero and is dropped.
+ENV_STATE_NAMES = ["obj_x", "obj_y", "obj_z", "obj_q0", "obj_q1", "obj_q2", "obj_q3", "goal_x", "goal_y", "goal_z"]
+ACTION_NAMES = ["dx", "dy", "dz", "grip"]
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    p.add_argument("--out", type=Path, default=Path("datasets/metaworld_mt10"), help="dataset folder to create")
+    p.add_argument("--repo-id", default="robofm/metaworld_mt10", help="repo id recorded in the dataset")
+    p.add_argument("--episodes-per-task", type=int, default=10, help="successful episodes kept per task")
+    p.add_argument("--tasks", default=",".join(MT10_TASKS), help="comma-separated MetaWorld v3 task names")
+    p.add_argument("--resolution", type=int, default=96, help="square image size in pixels")
+    p.add_argument("--cameras", default="corner2,left", help=f"comma-separated, from {sorted(CAMERAS)}")
+    p.add_argument(
+        "--fps", type=int, default=20, help="recorded frames per second; must divide 80 (MetaWorld's control rate)"
+    )
+    p.add_argument(
+        "--max-frames",
+        type=int,
+        default=150,
+        help="cap on recorded frames per episode (unfinished episodes are dropped)",
+    )
+    p.add_argument("--tail", type=int, default=5, help="frames recorded after the first success")
+    p.add_argument(
+        "--noise",
+        type=float,
+        default=0.1,
+        help="std of Gaussian noise added to the expert's action (then clipped to [-1, 1])",
+    )
+    p.add_argument("--max-attempts", type=int, default=50, help="layouts tried per task (MT1 has 50 per seed)")
+    p.add_argument("--seed", type=int, default=0, help="seeds the MT1 layouts and the action noise")
+    p.add_argument(
+        "--vcodec", default="libsvtav1", help="video codec for lerobot's encoder (libsvtav1, h264, hevc, ...)"
+    )
+    p.add_argument("--crf", type=int, default=25, help="video quality (lower = better, bigger)")
+    p.add_argument("--gop", type=int, default=2, help="keyframe interval of the videos (lerobot's default is 2)")
+    p.add_argument("--overwrite", action="store_true", help="delete --out first if it exists")
+    args = p.parse_args(argv)
+    args.tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    args.cameras = [c.strip() for c in args.cameras.split(",") if c.strip()]
+    bad = [t for t in args.tasks if t not in INSTRUCTIONS]
+    if bad:
+        p.error(f"unknown tasks {bad}; known: {sorted(INSTRUCTIONS)}")
+    bad = [c for c in args.cameras if c not in CAMERAS]
+    if bad or not args.cameras or len(set(args.cameras)) != len(args.cameras):
+        p.error(f"--cameras must be distinct names from {sorted(CAMERAS)}")
+    # MetaWorld's model sets a 640x480 offscreen buffer, which bounds the square image size.
+    if args.episodes_per_task < 1 or not 16 <= args.resolution <= 480 or args.max_frames < 2 or args.tail < 0:
+        p.error("need --episodes-per-task >= 1, 16 <= --resolution <= 480, --max-frames >= 2, --tail >= 0")
+    return args
+
+
+class Renderer:
+    """Offscreen renderer for one env: one mujoco.Renderer shared by all cameras of that env."""
+
+    def __init__(self, env, cameras: list[str], size: int) -> None:
+        import mujoco
+
+        self.env = env
+        env.model.vis.quality.shadowsize = SHADOW_MAP_SIZE  # read when the GL context is created, just below
+        self.renderer = mujoco.Renderer(env.model, size, size)
+        self.views = {}
+        for cam in cameras:
+            spec = CAMERAS[cam]
+            if "name" in spec:
+                cam_id = mujoco.mj_name2id(env.model, mujoco.mjtObj.mjOBJ_CAMERA, spec["name"])
+                if cam_id < 0:
+                    raise RuntimeError(f"camera {spec['name']!r} is not in the MetaWorld model")
+                if "pos" in spec:
+                    env.model.cam_pos[cam_id] = spec["pos"]
+                self.views[cam] = (cam_id, spec["rotate180"])
+            else:
+                free = mujoco.MjvCamera()
+                free.type = mujoco.mjtCamera.mjCAMERA_FREE
+                free.lookat[:] = spec["lookat"]
+                free.distance, free.azimuth, free.elevation = spec["distance"], spec["azimuth"], spec["elevation"]
+                self.views[cam] = (free, False)
+        mujoco.mj_forward(env.model, env.data)  # cam_pos edits reach the camera frames only through mj_forward
+
+    def render(self) -> dict[str, np.ndarray]:
+        out = {}
+        for cam, (camera, rotate) in self.views.items():
+            self.renderer.update_scene(self.env.data, camera=camera)
+            img = self.renderer.render()
+            out[cam] = np.ascontiguousarray(img[::-1, ::-1] if rotate else img)
+        return out
+
+    def close(self) -> None:
+        self.renderer.close()
+
+
+@dataclass
+class Episode:
+    frames: list[dict] = field(default_factory=list)
+    success_frame: int | None = None  # first recorded frame whose action led to success
+
+
+def split_obs(obs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """MetaWorld's 39-dim observation -> (state: hand xyz + gripper opening, environment state: object pose + goal).
+
+    obs[0:3] hand xyz (m), obs[3] gripper opening in [0, 1], obs[4:11] object pos xyz + quat, obs[11:18] a second
+    object (zero in MT10), obs[18:36] the same 18 values one control step (12.5 ms) earlier (MetaWorld's frame
+    stacking; dropped), obs[36:39] goal xyz (m)."""
+    if np.any(obs[11:18] != 0):
+        raise RuntimeError("this task has a second object; environment_state would drop it")
+    state = obs[0:4].astype(np.float32)
+    env_state = np.concatenate([obs[4:11], obs[36:39]]).astype(np.float32)
+    return state, env_state
+
+
+def run_episode(env, policy, renderer: Renderer | None, rng: np.random.Generator, args, repeat: int) -> Episode:
+    """One expert rollout on the env's current layout. Without a renderer only the trajectory is computed (cheap);
+    the same layout and rng seed replay the identical trajectory with images."""
+    obs, _ = env.reset()
+    ep = Episode()
+    for t in range(args.max_frames):
+        images = renderer.render() if renderer is not None else {}
+        state, env_state = split_obs(obs)
+        action = np.asarray(policy.get_action(obs), dtype=np.float64)
+        if args.noise > 0:
+            action = action + rng.normal(0.0, args.noise, size=action.shape)
+        action = np.clip(action, -1.0, 1.0).astype(np.float32)
+        success = False
+        for _ in range(repeat):
+            obs, _, _, truncated, info = env.step(action)
+            success |= bool(info["success"])
+        ep.frames.append({"images": images, "state": state, "env_state": env_state, "action": action})
+        if success and ep.success_frame is None:
+            ep.success_frame = t
+        if ep.success_frame is not None and t >= ep.success_frame + args.tail:
+            break
+    return ep
+
+
+def make_features(cameras: list[str], size: int) -> dict:
+    features = {
+        f"observation.images.{cam}": {
+            "dtype": "video",
+            "shape": (size, size, 3),
+            "names": ["height", "width", "channels"],
+        }
+        for cam in cameras
+    }
+    features["observation.state"] = {"dtype": "float32", "shape": (len(STATE_NAMES),), "names": STATE_NAMES}
+    features["observation.environment_state"] = {
+        "dtype": "float32",
+        "shape": (len(ENV_STATE_NAMES),),
+        "names": ENV_STATE_NAMES,
+    }
+    features["action"] = {"dtype": "float32", "shape": (len(ACTION_NAMES),), "names": ACTION_NAMES}
+    return features
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    warnings.filterwarnings("ignore", message="Constant\\(s\\) may be too high")  # metaworld.policies.move
+    logging.getLogger("lerobot.utils.import_utils").setLevel(logging.ERROR)  # torchcodec probe noise
+
+    import metaworld
+    from lerobot.configs.video import RGBEncoderConfig
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset
+    from lerobot.utils.io_utils import load_json, write_json
+    from metaworld.policies import ENV_POLICY_MAP
+
+    if args.out.exists():
+        if not args.overwrite:
+            print(f"{args.out} exists; pass --overwrite to replace it", file=sys.stderr)
+            return 2
+        shutil.rmtree(args.out)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+
+    encoder = RGBEncoderConfig(vcodec=args.vcodec, crf=args.crf, g=args.gop)
+    features = make_features(args.cameras, args.resolution)
+    ds = LeRobotDataset.create(
+        repo_id=args.repo_id,
+        fps=args.fps,
+        features=features,
+        root=args.out,
+        use_videos=True,
+        robot_type="sawyer",
+        rgb_encoder=encoder,
+        encoder_threads=1,  # deterministic, and the 96 px videos do not need more
+    )
+
+    t_start = time.perf_counter()
+    kept: dict[str, list[int]] = {}
+    failed: dict[str, list[int]] = {}  # MT1 layout indices where the expert did not succeed
+    attempts: Counter = Counter()
+    for task in args.tasks:
+        t_task = time.perf_counter()
+        bench = metaworld.MT1(task, seed=args.seed)  # 50 goal/object layouts, drawn from np.random seeded by --seed
+        env = bench.train_classes[task]()
+        dt = float(env.model.opt.timestep) * env.frame_skip  # 0.0125 s
+        repeat = round(1.0 / (args.fps * dt))
+        if repeat < 1 or abs(repeat * dt * args.fps - 1.0) > 1e-6:
+            raise SystemExit(f"--fps {args.fps} does not divide MetaWorld's control rate {1 / dt:g} Hz")
+        env.max_path_length = args.max_frames * repeat + 1  # our cap, not MetaWorld's 500-step limit
+        policy = ENV_POLICY_MAP[task]()
+        renderer = Renderer(env, args.cameras, args.resolution)
+        instruction = INSTRUCTIONS[task]
+        kept[task], failed[task] = [], []
+        layouts = bench.train_tasks[: args.max_attempts]
+        for layout_index, layout in enumerate(layouts):
+            if len(kept[task]) >= args.episodes_per_task:
+                break
+            attempts[task] += 1
+            env.set_task(layout)
+            noise_seed = [args.seed, MT10_TASKS.index(task), layout_index]  # independent of --tasks order
+            # Dry run without rendering (software GL is the slow part), then replay the successes with cameras.
+            dry = run_episode(env, policy, None, np.random.default_rng(noise_seed), args, repeat)
+            if dry.success_frame is None:
+                failed[task].append(layout_index)
+                continue
+            ep = run_episode(env, policy, renderer, np.random.default_rng(noise_seed), args, repeat)
+            if ep.success_frame != dry.success_frame or not all(
+                np.array_equal(a["action"], b["action"]) and np.array_equal(a["state"], b["state"])
+                for a, b in zip(ep.frames, dry.frames, strict=True)
+            ):
+                raise RuntimeError(f"{task} layout {layout_index}: the replay diverged from the dry run")
+            for fr in ep.frames:
+                frame = {f"observation.images.{cam}": img for cam, img in fr["images"].items()}
+                frame["observation.state"] = fr["state"]
+                frame["observation.environment_state"] = fr["env_state"]
+                frame["action"] = fr["action"]
+                frame["task"] = instruction
+                ds.add_frame(frame)
+            ds.save_episode()
+            kept[task].append(len(ep.frames))
+        renderer.close()
+        env.close()
+        if len(kept[task]) < args.episodes_per_task:
+            print(f"warning: {task}: only {len(kept[task])} successes in {attempts[task]} layouts", file=sys.stderr)
+        print(
+            f"{task:<24} kept {len(kept[task]):>3}  lengths {kept[task]}  "
+            f"failed layouts {failed[task]}  ({time.perf_counter() - t_task:.1f}s)",
+            flush=True,
+        )
+    ds.finalize()
+    # lerobot writes stats.json keys in set order (varies with PYTHONHASHSEED); sort them so reruns are byte-identical.
+    stats_path = args.out / "meta" / "stats.json"
+    if stats_path.is_file():
+        write_json(dict(sorted(load_json(stats_path).items())), stats_path)
+    images_tmp = args.out / "images"  # lerobot's temporary PNG folder; empty after encoding
+    if images_tmp.is_dir() and not any(p.is_file() for p in images_tmp.rglob("*")):
+        shutil.rmtree(images_tmp)
+    elapsed = time.perf_counter() - t_start
+
+    total_eps = sum(len(v) for v in kept.values())
+    total_frames = sum(sum(v) for v in kept.values())
+    size = sum(f.stat().st_size for f in args.out.rglob("*") if f.is_file())
+    print()
+    print(f"dataset      {args.out} (repo_id {args.repo_id})")
+    print(
+        f"episodes     {total_eps} kept, {sum(len(v) for v in failed.values())} failed and dropped, {sum(attempts.values())} attempted"
+    )
+    print(f"frames       {total_frames} at {args.fps} fps (action repeat {repeat} x {dt * 1000:g} ms)")
+    print(
+        f"cameras      {', '.join(args.cameras)} at {args.resolution}x{args.resolution}, {args.vcodec} crf {args.crf} g {args.gop}"
+    )
+    print(f"seed         {args.seed}, action noise std {args.noise}")
+    print(f"size         {size / 1e6:.2f} MB")
+    print(f"time         {elapsed:.1f}s")
+    return 0 if total_eps > 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
