@@ -121,6 +121,13 @@ def resize_chunks(chunks, size: tuple[int, int] | None, mode: str = "crop") -> n
     return np.concatenate(out) if out else np.zeros((0, *(size or (0, 0)), 3), np.uint8)
 
 
+def nearest_index(times: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """Index of the element of increasing `times` nearest to each target (the earlier one on a tie)."""
+    right = np.clip(np.searchsorted(times, targets), 0, len(times) - 1)
+    left = np.maximum(right - 1, 0)
+    return np.where(np.abs(times[left] - targets) <= np.abs(times[right] - targets), left, right)
+
+
 def resample(ep: Episode, fps: float) -> Episode:
     """Resample an episode onto a regular timeline at `fps`, from its first to its last timestamp.
 
@@ -132,9 +139,7 @@ def resample(ep: Episode, fps: float) -> Episode:
     target = ts[0] + np.arange(n) / fps
     if n == len(ts) and np.allclose(target, ts, atol=0.25 / fps):
         return ep
-    right = np.clip(np.searchsorted(ts, target), 1, len(ts) - 1) if len(ts) > 1 else np.zeros(n, dtype=int)
-    left = np.maximum(right - 1, 0)
-    nearest = np.where(np.abs(ts[left] - target) <= np.abs(ts[right] - target), left, right)
+    nearest = nearest_index(ts, target)
 
     def interp(arr: np.ndarray | None) -> np.ndarray | None:
         if arr is None:

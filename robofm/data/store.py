@@ -29,7 +29,8 @@ from robofm.data.stats import RunningStats
 from robofm.errors import StoreError
 
 FORMAT_VERSION = 1
-OPEN_EPISODES = 512  # per process: datasets kept open by EpisodeStore.arrays
+OPEN_EPISODES = 128  # per process: episodes whose datasets EpisodeStore.arrays keeps open
+CHUNK_CACHE_BYTES = 256 * 1024  # per open dataset; h5py's 1 MiB default grows a loader's memory with the store
 MANIFEST, STATS, QUALITY = "manifest.json", "stats.json", "quality.json"
 
 
@@ -87,7 +88,7 @@ class StoreWriter:
         cameras: dict[str, tuple[int, int]],
         mode: str = "create",
         shard_size_mb: float = 1024,
-        compression: str | None = "lzf",
+        compression: str | None = None,
         provenance: dict | None = None,
     ) -> None:
         self.root = Path(root)
@@ -248,8 +249,10 @@ class StoreWriter:
         write_json_atomic(self.root / MANIFEST, manifest)  # last: it is what makes the store valid
 
     def close(self) -> None:
-        self._close_shard()
-        self._write_metadata()
+        if self._shard is not None:
+            self._close_shard()  # writes the metadata
+        else:
+            self._write_metadata()
 
 
 def _remove_store(root: Path) -> None:
@@ -333,7 +336,7 @@ class EpisodeStore:
             self._files, self._arrays, self._pid = {}, OrderedDict(), os.getpid()
         f = self._files.get(shard)
         if f is None:
-            f = self._files[shard] = h5py.File(self.shard_path(shard), "r")
+            f = self._files[shard] = h5py.File(self.shard_path(shard), "r", rdcc_nbytes=CHUNK_CACHE_BYTES)
         return f
 
     def group(self, episode_id: str) -> h5py.Group:

@@ -23,9 +23,9 @@ def test_window_holds_the_frames_state_and_actions_of_its_steps(store_factory):
         expected = idx[:4, None] + np.arange(3)[None]
         np.testing.assert_array_equal(item["actions"][..., 0].numpy(), expected)
         np.testing.assert_array_equal(item["actions"][..., 1].numpy(), -expected)
-        np.testing.assert_allclose(item["timestamp"].numpy(), idx / 10.0)
         seed = int(item["state"][0, 1])
-        assert item["episode_id"] == f"ep-{seed:06d}" and item["task"] == "pick" and item["has_action"]
+        assert item["episode_id"] == f"ep-{seed:06d}" and item["task"] == "pick"
+        assert item["action_mask"].all()
         assert idx[-1] < 30
 
 
@@ -90,3 +90,10 @@ def test_short_episodes_are_reported_and_splits_honoured(tmp_path, caplog):
         EpisodeWindowDataset(root, 4, 2, split="val")
     with pytest.raises(UsageError, match="camera 'top' is in none of the stores"):
         EpisodeWindowDataset(root, 4, 2, cameras=["top"])
+
+
+def test_action_free_episodes_have_an_empty_action_mask(tmp_path):
+    root = write_store(tmp_path / "s", [indexed_episode(12, seed=0), indexed_episode(12, seed=1, with_action=False)])
+    ds = EpisodeWindowDataset(root, 2, 2, split=None)
+    item = next(ds[i] for i in range(len(ds)) if ds.locate(i)[1].id == "ep-000001")
+    assert not item["action_mask"].any() and (item["actions"] == 0).all() and item["actions"].shape == (2, 2, 2)

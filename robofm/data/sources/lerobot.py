@@ -5,12 +5,14 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from robofm.data.episode import FRAME_CHUNK, Episode, resize_chunks
+from robofm.data.episode import FRAME_CHUNK, Episode, nearest_index, resize_chunks
 from robofm.data.sources.base import EpisodeRef
+from robofm.data.sources.video import decode_video
 from robofm.errors import EpisodeError, UsageError
 
 HELP = "a LeRobot v3 dataset: a local folder (with meta/info.json), or a hub repo id when online"
@@ -37,15 +39,25 @@ def _quiet_lerobot() -> None:
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 
+@dataclass
+class _Opened:
+    """What a process keeps open of one LeRobot dataset."""
+
+    dataset: object  # lerobot.datasets.lerobot_dataset.LeRobotDataset
+    rows: object  # its frame table, tabular columns only, formatted as numpy (sliced without copying metadata)
+    episodes: object  # its episode table: frame range, task and video offsets per episode
+
+
 class LeRobotSource:
-    """Reads episodes through lerobot 0.6: metadata and tabular columns from LeRobotDataset, video frames with
-    lerobot's decode_video_frames at the episode's own timestamps. One LeRobotDataset per process, opened lazily."""
+    """Reads episodes through lerobot 0.6's LeRobotDataset: its metadata, frame table and video file layout.
+    Videos are decoded with PyAV, one sequential pass over each episode's span of the file, and frames are
+    matched to the episode's timestamps within the dataset's tolerance, as lerobot does.
+
+    The dataset is opened once per process and kept in a module-level cache, so the worker processes that
+    `robofm-convert --workers N` forks inherit it."""
 
     def __init__(self, src: str, *, repo_id: str | None = None, revision: str | None = None,
                  episodes: list[int] | None = None, task: str | None = None) -> None:  # fmt: skip
-        _quiet_lerobot()
-        from lerobot.datasets.dataset_metadata import LeRobotDatasetMetadata
-
         local = Path(src)
         if local.exists():
             if not (local / "meta" / "info.json").exists():
@@ -55,7 +67,7 @@ class LeRobotSource:
             self.root, self.repo_id = None, src
         self.revision, self.task = revision, task
         try:
-            meta = LeRobotDatasetMetadata(self.repo_id, root=self.root, revision=revision)
+            meta = self._open().dataset.meta
         except Exception as e:  # noqa: BLE001 -- lerobot raises many kinds for an unreadable dataset
             where = self.root or f"hub repo {self.repo_id} (needs a network)"
             raise UsageError(f"cannot open LeRobot dataset {where}: {type(e).__name__}: {e}") from e
@@ -76,48 +88,36 @@ class LeRobotSource:
     def episodes(self) -> list[EpisodeRef]:
         return [EpisodeRef(str(self), str(i), (i,)) for i in self.indices]
 
-    def _open(self):
+    def _open(self) -> _Opened:
         key = (self.repo_id, str(self.root), self.revision)
         if key not in _OPEN_DATASETS:  # the source is pickled per episode; the dataset stays open per process
             _quiet_lerobot()
             from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
-            _OPEN_DATASETS[key] = LeRobotDataset(self.repo_id, root=self.root, revision=self.revision,
-                                                 video_backend="pyav")  # fmt: skip
+            ds = LeRobotDataset(self.repo_id, root=self.root, revision=self.revision, video_backend="pyav")
+            columns = [c for c in ("timestamp", "observation.state", "action", *ds.meta.image_keys) if c in ds.features]
+            ep_columns = ["dataset_from_index", "dataset_to_index", "tasks",
+                          *[f"videos/{k}/from_timestamp" for k in ds.meta.video_keys]]  # fmt: skip
+            _OPEN_DATASETS[key] = _Opened(ds, ds.hf_dataset.select_columns(columns).with_format("numpy"),
+                                          ds.meta.episodes.select_columns(ep_columns))  # fmt: skip
         return _OPEN_DATASETS[key]
 
     def load(self, ref: EpisodeRef, frame_size: tuple[int, int] | None = None, resize_mode: str = "crop") -> Episode:
-        from lerobot.datasets.video_utils import decode_video_frames
-
         (index,) = ref.key
-        ds = self._open()
-        meta = ds.meta.episodes[index]
+        opened = self._open()
+        ds, meta = opened.dataset, opened.episodes[index]
         start, stop = int(meta["dataset_from_index"]), int(meta["dataset_to_index"])
-        columns = ["timestamp", "observation.state", "action", *[k for k in ds.meta.image_keys]]
-        rows = ds.hf_dataset.select(range(start, stop)).select_columns([c for c in columns if c in ds.features])
-        rows = rows.with_format("numpy")
-        if "observation.state" not in rows.column_names:
+        if "observation.state" not in ds.features:
             raise EpisodeError("the dataset has no 'observation.state' feature", file=str(self), episode=ref.index)
+        rows = opened.rows[start:stop]  # one batch of numpy columns
         timestamp = np.asarray(rows["timestamp"], dtype=np.float64)
         frames = {}
         for key in self.cameras:
             cam = key.removeprefix(IMAGE_PREFIX)
             if key in ds.meta.video_keys:
-                t0 = meta[f"videos/{key}/from_timestamp"]
                 video = ds.root / ds.meta.get_video_file_path(index, key)
-                times = [float(t0 + t) for t in timestamp]
-
-                def decode(times=times, video=video, key=key):
-                    for i in range(0, len(times), FRAME_CHUNK):
-                        try:
-                            chw = decode_video_frames(video, times[i : i + FRAME_CHUNK], ds.tolerance_s, "pyav",
-                                                      return_uint8=True)  # fmt: skip
-                        except Exception as e:  # noqa: BLE001 -- a broken video is this episode's failure
-                            raise EpisodeError(f"camera {key}: cannot decode: {type(e).__name__}: {e}",
-                                               file=str(video), episode=ref.index) from e  # fmt: skip
-                        yield chw.permute(0, 2, 3, 1).numpy()  # (n, H, W, 3)
-
-                frames[cam] = resize_chunks(decode(), frame_size, resize_mode)
+                frames[cam] = self._video_frames(video, meta[f"videos/{key}/from_timestamp"] + timestamp, ds.tolerance_s,
+                                                 ref.index, frame_size, resize_mode)  # fmt: skip
             else:
                 images = rows[key]
                 chunks = (_to_uint8_hwc(np.stack([np.asarray(im) for im in images[i : i + FRAME_CHUNK]]))
@@ -130,7 +130,7 @@ class LeRobotSource:
         return Episode(
             frames=frames,
             state=np.asarray(rows["observation.state"], dtype=np.float32),
-            action=np.asarray(rows["action"], dtype=np.float32) if "action" in rows.column_names else None,
+            action=np.asarray(rows["action"], dtype=np.float32) if "action" in rows else None,
             timestamp=timestamp,
             task=str(task),
             source=str(self),
@@ -139,6 +139,20 @@ class LeRobotSource:
             state_names=self.state_names,
             action_names=self.action_names,
         )
+
+    @staticmethod
+    def _video_frames(video: Path, times: np.ndarray, tolerance: float, episode: str,
+                      frame_size: tuple[int, int] | None, resize_mode: str) -> np.ndarray:  # fmt: skip
+        """The frames presented at `times` (seconds in the file), matched as lerobot does: the nearest decoded
+        frame, within `tolerance`. One sequential decode of the episode's span of the file."""
+        decoded, pts = decode_video(video, episode, frame_size, resize_mode, (times[0] - tolerance, times[-1] + tolerance))
+        nearest = nearest_index(pts, times)
+        off = np.abs(pts[nearest] - times)
+        if (off > tolerance).any():
+            i = int(np.argmax(off > tolerance))
+            raise EpisodeError(f"no frame within {tolerance} s of {times[i]:.4f} s (step {i}); the nearest is at "
+                               f"{pts[nearest[i]]:.4f} s", file=str(video), episode=episode)  # fmt: skip
+        return decoded[nearest]
 
 
 def _names(feature: dict | None) -> list[str] | None:

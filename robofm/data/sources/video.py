@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from robofm.data.episode import FRAME_CHUNK, Episode, resize_chunks
+from robofm.data.episode import FRAME_CHUNK, Episode, nearest_index, resize_chunks
 from robofm.data.sources.base import EpisodeRef
 from robofm.errors import EpisodeError, UsageError
 
@@ -223,15 +223,8 @@ def align(
     t = times[i0:i1]
     out = {first: frames0[i0:i1]}
     for cam, (frames, pts) in others:
-        out[cam] = frames[_nearest(start + pts, t)]
+        out[cam] = frames[nearest_index(start + pts, t)]
     return t, out
-
-
-def _nearest(times: np.ndarray, targets: np.ndarray) -> np.ndarray:
-    """Index of the element of increasing `times` nearest to each target (the earlier one on a tie)."""
-    right = np.clip(np.searchsorted(times, targets), 0, len(times) - 1)
-    left = np.maximum(right - 1, 0)
-    return np.where(np.abs(times[left] - targets) <= np.abs(times[right] - targets), left, right)
 
 
 def _interp(t: np.ndarray, ts: np.ndarray, values: np.ndarray) -> np.ndarray:
@@ -271,10 +264,12 @@ def video_rate(path: Path, episode: str) -> float:
     return (len(pts) - 1) / float(pts[-1] - pts[0])
 
 
-def decode_video(path: Path, episode: str, frame_size: tuple[int, int] | None = None, resize_mode: str = "crop"
-                 ) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+def decode_video(path: Path, episode: str, frame_size: tuple[int, int] | None = None, resize_mode: str = "crop",
+                 span: tuple[float, float] | None = None) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
     """Decode a video's first stream: uint8 frames [N, H, W, 3] (RGB) and presentation times float64 [N] seconds.
-    With frame_size, frames are resized in chunks as they are decoded.
+    With frame_size, frames are resized in chunks as they are decoded. With span (first, last) in seconds, only
+    the frames presented in that range are decoded, after a seek to the keyframe before it (one episode of a
+    video that holds many, as LeRobot v3 files do).
 
     Raises EpisodeError if the file cannot be opened or decoded, yields fewer frames than its header lists
     (truncated), has no frames, changes frame size, or has presentation times that do not increase.
@@ -285,11 +280,20 @@ def decode_video(path: Path, episode: str, frame_size: tuple[int, int] | None = 
     with container:
         stream.thread_type = "AUTO"
         rate, listed = stream.average_rate or stream.guessed_rate, stream.frames
+        time_base = float(stream.time_base)  # float arithmetic: Fraction per frame costs as much as decoding
         try:
+            if span is not None:
+                container.seek(max(int(span[0] / stream.time_base) - 1, 0), backward=True, any_frame=False,
+                               stream=stream)  # fmt: skip
             for frame in container.decode(stream):
                 if frame.pts is None and not rate:
                     raise fail("frames carry no timestamps and the stream has no frame rate")
-                pts.append(len(pts) / float(rate) if frame.pts is None else float(frame.pts * stream.time_base))
+                t = len(pts) / float(rate) if frame.pts is None else frame.pts * time_base
+                if span is not None and t < span[0]:
+                    continue
+                if span is not None and t > span[1]:
+                    break
+                pts.append(t)
                 frames.append(frame.to_ndarray(format="rgb24"))
                 shapes.add(frames[-1].shape)
                 if len(shapes) > 1:
@@ -302,8 +306,8 @@ def decode_video(path: Path, episode: str, frame_size: tuple[int, int] | None = 
     if frames:
         chunks.append(resize_chunks([np.stack(frames)], frame_size, resize_mode))
     if not chunks:
-        raise fail("the video has no frames")
-    if listed and len(pts) < listed:
+        raise fail("the video has no frames" + (f" between {span[0]:.3f} and {span[1]:.3f} s" if span else ""))
+    if span is None and listed and len(pts) < listed:
         raise fail(f"decoded {len(pts)} of the {listed} frames in the video header: truncated or damaged file")
     times = np.asarray(pts, dtype=np.float64)
     if len(times) > 1 and not (np.diff(times) > 0).all():
