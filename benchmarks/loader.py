@@ -46,7 +46,7 @@ WARM_IMPORTS = ("lerobot.datasets.lerobot_dataset", "lerobot.datasets.video_util
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--episodes", type=int, default=20)
-    p.add_argument("--length", type=int, default=100, help="frames per episode")
+    p.add_argument("--length", type=int, default=300, help="frames per episode (10 s at 30 fps, a typical demo)")
     p.add_argument("--size", type=int, default=96, help="square frame size of both cameras")
     p.add_argument("--window", type=int, default=4, help="K: observation steps per window")
     p.add_argument("--stride", type=int, default=2, help="s: frames between steps (actions per step)")
@@ -54,7 +54,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--rounds", type=int, default=4, help="loader comparison rounds, run in ABBA order")
     p.add_argument("--rss-samples", type=int, default=5000, help="samples of the memory run")
     p.add_argument("--rss-warmup", type=int, default=500, help="samples before the memory baseline")
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--num-workers", type=int, default=2, help="DataLoader workers")
     p.add_argument("--convert-workers", type=int, default=1,
                    help="robofm-convert --workers (default 1, the converter's default: on 2 cores one process "
@@ -62,7 +62,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=2, help="interleaved conversion/decode runs; the best counts")
     p.add_argument("--lerobot-backend", choices=["auto", "torchcodec", "pyav"], default="auto",
                    help="auto: torchcodec when it loads (it needs FFmpeg's shared libraries), else pyav")  # fmt: skip
-    p.add_argument("--workdir", type=Path, default=REPO / "outputs" / "bench" / "loader")
+    p.add_argument("--workdir", type=Path, default=None, help="default: outputs/bench/loader-<episodes>x<length>")
     p.add_argument("--write-results", action="store_true", help=f"update the '{SECTION}' section of RESULTS.md")
     return p.parse_args(argv)
 
@@ -370,6 +370,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(0)
     m = machine()
     t0 = time.perf_counter()
+    args.workdir = args.workdir or REPO / "outputs" / "bench" / f"loader-{args.episodes}x{args.length}"
     src = make_dataset(args.workdir / "lerobot", args.episodes, args.length, args.size)
     print(f"dataset ready in {time.perf_counter() - t0:.1f} s: {src}", flush=True)
     store = args.workdir / "store"

@@ -118,6 +118,8 @@ def resize_chunks(chunks, size: tuple[int, int] | None, mode: str = "crop") -> n
     """Concatenate an iterable of uint8 [n, H, W, 3] chunks, resizing each to `size` (None keeps it) as it
     arrives: only one chunk is held at source resolution."""
     out = [c if size is None else resize_frames(c, size, mode) for c in chunks]
+    if len(out) == 1:
+        return out[0]
     return np.concatenate(out) if out else np.zeros((0, *(size or (0, 0)), 3), np.uint8)
 
 

@@ -152,6 +152,8 @@ class LeRobotSource:
             i = int(np.argmax(off > tolerance))
             raise EpisodeError(f"no frame within {tolerance} s of {times[i]:.4f} s (step {i}); the nearest is at "
                                f"{pts[nearest[i]]:.4f} s", file=str(video), episode=episode)  # fmt: skip
+        if len(decoded) == len(times) and (nearest == np.arange(len(times))).all():
+            return decoded  # one decoded frame per timestamp, in order: no copy
         return decoded[nearest]
 
 

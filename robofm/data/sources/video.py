@@ -298,7 +298,7 @@ def decode_video(path: Path, episode: str, frame_size: tuple[int, int] | None = 
                 shapes.add(frames[-1].shape)
                 if len(shapes) > 1:
                     raise fail(f"the frame size changes within the video: {sorted(s[:2] for s in shapes)}")
-                if len(frames) == FRAME_CHUNK:
+                if len(frames) == FRAME_CHUNK and frame_size is not None:  # bound memory at source resolution
                     chunks.append(resize_chunks([np.stack(frames)], frame_size, resize_mode))
                     frames = []
         except _DECODE_ERRORS as e:
