@@ -197,7 +197,8 @@ def _admit(p: Prepared, writer: StoreWriter | None, preexisting: set[str], opts:
         return _failed(entry, str(e), summary, console)
     summary.kept += 1
     summary.frames += ep.length
-    return {**entry, "status": "kept", "episode_id": info.id, "split": info.split, "value": m}
+    notes = {"notes": ep.extra} if ep.extra else {}  # e.g. frames a source trimmed, with the count
+    return {**entry, "status": "kept", "episode_id": info.id, "split": info.split, "value": m, **notes}
 
 
 def _failed(entry: dict, error: str, summary: Summary, console: Console) -> dict:

@@ -99,6 +99,8 @@ def test_frames_and_telemetry_align_by_timestamp(tmp_path):
     assert [store.info(e.id).task for e in store.episodes] == ["pick the cube", "open the drawer"]
     assert {q["status"] for q in quality.values()} == {"kept"}
     assert quality["ep1"]["source"] == str(src / "ep1")
+    # the 10 video frames past the telemetry's end (40 decoded, 30 kept) are not stored, and the verdict says so
+    assert quality["ep0"]["notes"] == {"frames_outside_telemetry": 10}
 
 
 def test_parquet_column_map_task_flag_and_offset(tmp_path):

@@ -149,7 +149,9 @@ class VideoSource:
                 f"--video-time-offset {self.video_time_offset:g} s) the videos cover {spans}",
                 file=str(table), episode=name,
             )  # fmt: skip
+        trimmed = len(next(iter(decoded.values()))[1]) - len(t)
         return Episode(
+            extra={"frames_outside_telemetry": trimmed} if trimmed else {},
             frames=frames,
             state=_interp(t, tel.timestamp, tel.state),
             action=None if tel.action is None else _interp(t, tel.timestamp, tel.action),
