@@ -117,7 +117,6 @@ class Summary:
     dropped: Counter = field(default_factory=Counter)
     bytes_written: int = 0
     seconds: float = 0.0
-    failures: list[str] = field(default_factory=list)
 
     @property
     def exit_code(self) -> int:
@@ -203,7 +202,6 @@ def _admit(p: Prepared, writer: StoreWriter | None, preexisting: set[str], opts:
 
 def _failed(entry: dict, error: str, summary: Summary, console: Console) -> dict:
     summary.failed += 1
-    summary.failures.append(error)
     console.print(f"[red]failed[/red] {error}")
     return {**entry, "status": "failed", "reason": "error", "message": error}
 
