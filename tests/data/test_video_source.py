@@ -242,3 +242,18 @@ def test_source_is_picklable_and_lists_folders_sorted(tmp_path):
     clone = pickle.loads(pickle.dumps(source))
     assert [r.index for r in clone.episodes()] == ["a", "b", "c"]
     assert clone.load(clone.episodes()[0]).length == 30
+
+
+def test_reader_goes_on_across_spans_and_seeks_back(tmp_path):
+    """One reader over the spans of consecutive episodes (as in a LeRobot v3 file), then back and far ahead:
+    each read returns exactly the frames presented in its span, whether it decodes on or seeks."""
+    path = write_video(tmp_path / "many.mp4", 40)
+    spans = [(0.0, 0.31), (0.32, 0.64), (0.65, 0.99), (0.1, 0.2), (1.2, 1.3), (0.5, 0.6)]
+    with video.VideoReader(path, "ep") as reader:
+        for first, last in spans:
+            frames, times = reader.read("ep", span=(first, last))
+            expected = np.arange(40)[(np.arange(40) / 30 >= first) & (np.arange(40) / 30 <= last)]
+            np.testing.assert_array_equal(frame_index(frames), expected)
+            np.testing.assert_allclose(times, expected / 30, atol=1e-6)
+        whole, _ = reader.read("ep")
+    np.testing.assert_array_equal(frame_index(whole), np.arange(40))

@@ -12,12 +12,14 @@ import numpy as np
 
 from robofm.data.episode import FRAME_CHUNK, Episode, nearest_index, resize_chunks
 from robofm.data.sources.base import EpisodeRef
-from robofm.data.sources.video import decode_video
+from robofm.data.sources.video import VideoReader
 from robofm.errors import EpisodeError, UsageError
 
 HELP = "a LeRobot v3 dataset: a local folder (with meta/info.json), or a hub repo id when online"
 IMAGE_PREFIX = "observation.images."
 _OPEN_DATASETS: dict = {}
+_READERS: dict[tuple, VideoReader] = {}  # open videos of this process by (path, mtime, size), most recent last
+_MAX_READERS = 8
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -145,7 +147,12 @@ class LeRobotSource:
                       frame_size: tuple[int, int] | None, resize_mode: str) -> np.ndarray:  # fmt: skip
         """The frames presented at `times` (seconds in the file), matched as lerobot does: the nearest decoded
         frame, within `tolerance`. One sequential decode of the episode's span of the file."""
-        decoded, pts = decode_video(video, episode, frame_size, resize_mode, (times[0] - tolerance, times[-1] + tolerance))
+        reader = _reader(video, episode)
+        try:
+            decoded, pts = reader.read(episode, frame_size, resize_mode, (times[0] - tolerance, times[-1] + tolerance))
+        except Exception:
+            _forget_reader(video)  # its decoder stopped mid-file: the next episode opens the file afresh
+            raise
         nearest = nearest_index(pts, times)
         off = np.abs(pts[nearest] - times)
         if (off > tolerance).any():
@@ -155,6 +162,28 @@ class LeRobotSource:
         if len(decoded) == len(times) and (nearest == np.arange(len(times))).all():
             return decoded  # one decoded frame per timestamp, in order: no copy
         return decoded[nearest]
+
+
+def _reader(video: Path, episode: str) -> VideoReader:
+    """This process's open reader of a video file. Episodes come in file order, so each reader goes on from where
+    the previous episode ended. A reader opened before a fork belongs to the parent and is not used."""
+    try:
+        st = video.stat()
+    except OSError as e:
+        raise EpisodeError(f"cannot read the video: {e}", file=str(video), episode=episode) from e
+    key = (video, st.st_mtime_ns, st.st_size)  # a file rewritten since it was opened is opened again
+    reader = _READERS.pop(key, None)
+    if reader is None or reader.pid != os.getpid():
+        reader = VideoReader(video, episode)
+    _READERS[key] = reader
+    while len(_READERS) > _MAX_READERS:
+        _READERS.pop(next(iter(_READERS))).close()
+    return reader
+
+
+def _forget_reader(video: Path) -> None:
+    for key in [k for k in _READERS if k[0] == video]:
+        _READERS.pop(key).close()
 
 
 def _names(feature: dict | None) -> list[str] | None:

@@ -18,7 +18,8 @@ Episode timestamps are on the telemetry clock, so `state[i] == telemetry(timesta
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -266,35 +267,72 @@ def video_rate(path: Path, episode: str) -> float:
     return (len(pts) - 1) / float(pts[-1] - pts[0])
 
 
-def decode_video(path: Path, episode: str, frame_size: tuple[int, int] | None = None, resize_mode: str = "crop",
-                 span: tuple[float, float] | None = None) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
-    """Decode a video's first stream: uint8 frames [N, H, W, 3] (RGB) and presentation times float64 [N] seconds.
-    With frame_size, frames are resized in chunks as they are decoded. With span (first, last) in seconds, only
-    the frames presented in that range are decoded, after a seek to the keyframe before it (one episode of a
-    video that holds many, as LeRobot v3 files do).
+class VideoReader:
+    """An open video whose decoder goes forward across reads: reading the spans of consecutive episodes of one
+    file (a LeRobot v3 video holds many) decodes every frame once, with one open and no seek between them.
+    A span that starts before the frames already read, or well after them, seeks to the keyframe before it.
 
-    Raises EpisodeError if the file cannot be opened or decoded, yields fewer frames than its header lists
-    (truncated), has no frames, changes frame size, or has presentation times that do not increase.
-    """
-    fail = partial(EpisodeError, file=str(path), episode=episode)
-    container, stream = _open_video(path, episode)
-    frames, pts, chunks, shapes = [], [], [], set()
-    with container:
-        stream.thread_type = "AUTO"
-        rate, listed = stream.average_rate or stream.guessed_rate, stream.frames
-        time_base = float(stream.time_base)  # float arithmetic: Fraction per frame costs as much as decoding
+    Read errors raise EpisodeError naming the file and the episode; the reader is unusable after one."""
+
+    SEEK_GAP_S = 2.0  # a span starting this far past the last frame read seeks instead of decoding up to it
+
+    def __init__(self, path: Path, episode: str) -> None:
+        self.path, self.pid = path, os.getpid()
+        self.container, self.stream = _open_video(path, episode)
+        self.stream.thread_type = "AUTO"
+        self.rate = self.stream.average_rate or self.stream.guessed_rate
+        self.time_base = float(self.stream.time_base)  # float arithmetic: Fraction per frame costs as much as decoding
+        self._decoded: Iterator | None = None  # frames from the decoder, as (time, frame)
+        self._ahead: tuple[float, av.VideoFrame] | None = None  # decoded past the last span, not yet returned
+        self._last = -np.inf  # time of the last frame consumed (returned or skipped)
+
+    def close(self) -> None:
+        self.container.close()
+
+    def __enter__(self) -> VideoReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _frames(self, episode: str, start: float | None) -> Iterator[tuple[float, av.VideoFrame]]:
+        """(time, frame) from the decoder; restarted after a seek to the keyframe before `start` (None: 0)."""
+        if start is None:
+            self.container.seek(0)
+        else:
+            self.container.seek(max(int(start / self.time_base) - 1, 0), backward=True, any_frame=False,
+                                stream=self.stream)  # fmt: skip
+        count = 0
+        for frame in self.container.decode(self.stream):
+            if frame.pts is None and not self.rate:
+                raise EpisodeError("frames carry no timestamps and the stream has no frame rate",
+                                   file=str(self.path), episode=episode)  # fmt: skip
+            yield (count / float(self.rate) if frame.pts is None else frame.pts * self.time_base), frame
+            count += 1
+
+    def read(self, episode: str, frame_size: tuple[int, int] | None = None, resize_mode: str = "crop",
+             span: tuple[float, float] | None = None) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+        """uint8 frames [N, H, W, 3] (RGB) and presentation times float64 [N] seconds: of the whole video, or of
+        the frames presented within span (first, last) seconds. See decode_video for the checks."""
+        fail = partial(EpisodeError, file=str(self.path), episode=episode)
+        if span is None or self._decoded is None or not self._last < span[0] <= self._last + self.SEEK_GAP_S:
+            self._decoded, self._ahead, self._last = self._frames(episode, None if span is None else span[0]), None, -np.inf
+        frames, pts, chunks, shapes = [], [], [], set()
         try:
-            if span is not None:
-                container.seek(max(int(span[0] / stream.time_base) - 1, 0), backward=True, any_frame=False,
-                               stream=stream)  # fmt: skip
-            for frame in container.decode(stream):
-                if frame.pts is None and not rate:
-                    raise fail("frames carry no timestamps and the stream has no frame rate")
-                t = len(pts) / float(rate) if frame.pts is None else frame.pts * time_base
+            while True:
+                if self._ahead is not None:
+                    (t, frame), self._ahead = self._ahead, None
+                else:
+                    item = next(self._decoded, None)
+                    if item is None:
+                        break
+                    t, frame = item
+                if span is not None and t > span[1]:
+                    self._ahead = t, frame
+                    break
+                self._last = t
                 if span is not None and t < span[0]:
                     continue
-                if span is not None and t > span[1]:
-                    break
                 pts.append(t)
                 frames.append(frame.to_ndarray(format="rgb24"))
                 shapes.add(frames[-1].shape)
@@ -305,17 +343,31 @@ def decode_video(path: Path, episode: str, frame_size: tuple[int, int] | None = 
                     frames = []
         except _DECODE_ERRORS as e:
             raise fail(f"cannot decode the video after {len(pts)} frames: {e}") from e
-    if frames:
-        chunks.append(resize_chunks([np.stack(frames)], frame_size, resize_mode))
-    if not chunks:
-        raise fail("the video has no frames" + (f" between {span[0]:.3f} and {span[1]:.3f} s" if span else ""))
-    if span is None and listed and len(pts) < listed:
-        raise fail(f"decoded {len(pts)} of the {listed} frames in the video header: truncated or damaged file")
-    times = np.asarray(pts, dtype=np.float64)
-    if len(times) > 1 and not (np.diff(times) > 0).all():
-        i = int(np.argmax(np.diff(times) <= 0)) + 1
-        raise fail(f"frame presentation times do not increase at frame {i} ({times[i - 1]:.6f} -> {times[i]:.6f} s)")
-    return np.concatenate(chunks), times
+        if frames:
+            chunks.append(resize_chunks([np.stack(frames)], frame_size, resize_mode))
+        if not chunks:
+            raise fail("the video has no frames" + (f" between {span[0]:.3f} and {span[1]:.3f} s" if span else ""))
+        listed = self.stream.frames
+        if span is None and listed and len(pts) < listed:
+            raise fail(f"decoded {len(pts)} of the {listed} frames in the video header: truncated or damaged file")
+        times = np.asarray(pts, dtype=np.float64)
+        if len(times) > 1 and not (np.diff(times) > 0).all():
+            i = int(np.argmax(np.diff(times) <= 0)) + 1
+            raise fail(f"frame presentation times do not increase at frame {i} ({times[i - 1]:.6f} -> {times[i]:.6f} s)")
+        return (chunks[0] if len(chunks) == 1 else np.concatenate(chunks)), times
+
+
+def decode_video(path: Path, episode: str, frame_size: tuple[int, int] | None = None, resize_mode: str = "crop",
+                 span: tuple[float, float] | None = None) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """Decode a video's first stream: uint8 frames [N, H, W, 3] (RGB) and presentation times float64 [N] seconds.
+    With frame_size, frames are resized in chunks as they are decoded. With span (first, last) in seconds, only
+    the frames presented in that range are decoded, after a seek to the keyframe before it.
+
+    Raises EpisodeError if the file cannot be opened or decoded, yields fewer frames than its header lists
+    (truncated), has no frames, changes frame size, or has presentation times that do not increase.
+    """
+    with VideoReader(path, episode) as reader:
+        return reader.read(episode, frame_size, resize_mode, span)
 
 
 # --------------------------------------------------------------------------- telemetry
