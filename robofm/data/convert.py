@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
 
+import numpy as np
 import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -25,6 +26,7 @@ from robofm.data.episode import Episode, content_hash, motion, resample, resize_
 from robofm.data.sources.base import EpisodeRef, Source
 from robofm.data.store import QUALITY, EpisodeStore, StoreWriter, split_from_hash, write_json_atomic
 from robofm.errors import EpisodeError, RobofmError, StoreError, UsageError
+from robofm.tokenizers.image import LatentTokenizer
 
 EXIT_OK, EXIT_NONE, EXIT_USAGE, EXIT_PARTIAL = 0, 1, 2, 3
 
@@ -49,6 +51,7 @@ class ConvertOptions:
     drop_idle: bool = True
     idle_action_std: float = 1e-4
     idle_frame_change: float = 0.5
+    latents: Path | None = None  # a local AutoencoderKL folder: store its latents of the frames too
     argv: list[str] = field(default_factory=list)
 
 
@@ -79,11 +82,39 @@ def prepare(source: Source, ref: EpisodeRef, opts: ConvertOptions) -> Prepared:
             ep = resample(ep, opts.fps)
         if opts.resolution:
             ep.frames = {c: resize_frames(fr, opts.resolution, opts.resize_mode) for c, fr in ep.frames.items()}
+        if opts.latents:
+            ep.latents = {c: encode_latents(fr, opts.latents) for c, fr in ep.frames.items()}
         return Prepared(ref, ep, content_hash(ep), motion(ep))
     except EpisodeError as e:
         return Prepared(ref, error=str(e))
     except Exception as e:  # an unexpected decoder failure is still this episode's failure, not the run's
         return Prepared(ref, error=str(EpisodeError(f"{type(e).__name__}: {e}", file=ref.source, episode=ref.index)))
+
+
+_LATENT_TOKENIZERS: dict[str, LatentTokenizer] = {}  # per process: the VAE is loaded once, not per episode
+LATENT_CHUNK = 64  # frames encoded at a time: bounds the VAE's activation memory
+
+
+def latent_tokenizer(vae_path: str | Path) -> LatentTokenizer:
+    """The LatentTokenizer of a VAE folder, loaded once per process (UsageError if it cannot be loaded)."""
+    key = str(Path(vae_path).resolve())
+    if key not in _LATENT_TOKENIZERS:
+        _LATENT_TOKENIZERS[key] = LatentTokenizer(key)
+    return _LATENT_TOKENIZERS[key]
+
+
+def encode_latents(frames: np.ndarray, vae_path: str | Path) -> np.ndarray:
+    """uint8 frames [T, H, W, 3] -> float16 latents [T, C, h, w] (scaled by the VAE's scaling_factor)."""
+    tok = latent_tokenizer(vae_path)
+    chunks = [tok.encode_frames(torch.from_numpy(frames[i : i + LATENT_CHUNK])).numpy()
+              for i in range(0, len(frames), LATENT_CHUNK)]  # fmt: skip
+    return np.concatenate(chunks)
+
+
+def _latents_record(vae_path: str | Path, shape: tuple[int, ...]) -> dict:
+    """The manifest's "latents" entry: which VAE made them, their shape per frame and their scale."""
+    tok = latent_tokenizer(vae_path)
+    return {"vae_path": str(tok.vae_path), "shape": list(shape), "scaling_factor": tok.scaling_factor}
 
 
 def _worker_init() -> None:
@@ -132,6 +163,8 @@ def convert(source: Source, opts: ConvertOptions, console: Console | None = None
     if not refs:
         raise UsageError(f"{source}: no episodes found")
     opts.fps = opts.fps or source.fps
+    if opts.latents:
+        latent_tokenizer(opts.latents)  # a bad VAE folder is a usage error now; forked workers inherit the VAE
     writer = _open_existing(opts) if opts.mode == "append" and (opts.out / "manifest.json").exists() else None
     preexisting = set(writer.hash_to_id) if writer else set()
     summary, start, early = Summary(), time.perf_counter(), []
@@ -190,6 +223,8 @@ def _admit(p: Prepared, writer: StoreWriter | None, preexisting: set[str], opts:
     for cam, (h, w) in writer.cameras.items():  # --resolution native: later episodes follow the first one
         if ep.frames[cam].shape[1:3] != (h, w):
             ep.frames[cam] = resize_frames(ep.frames[cam], (h, w), opts.resize_mode)
+            if ep.latents is not None:  # rare (native resolution only), so done here rather than in a worker
+                ep.latents[cam] = encode_latents(ep.frames[cam], opts.latents)
     try:
         info = writer.add(ep, p.content_hash, ep.split or split_from_hash(p.content_hash, opts.val_fraction))
     except EpisodeError as e:
@@ -213,15 +248,27 @@ def _open_existing(opts: ConvertOptions) -> StoreWriter:
         want = {c: tuple(opts.resolution) for c in cams}
         if want != cams:
             raise UsageError(f"{opts.out} stores cameras at {cams}; convert with the same --resolution to append")
+    have = (store.latents or {}).get("vae_path")
+    want = opts.latents and str(latent_tokenizer(opts.latents).vae_path)
+    if have != want:
+        stored = f"latents of the VAE at {have}" if have else "no latents"
+        asked = f"--latents {want}" if want else "no --latents"
+        raise UsageError(f"{opts.out} stores {stored} but this conversion has {asked}: append with the same setting")
     return StoreWriter(opts.out, fps=opts.fps or store.fps, cameras=cams, mode="append",
                        shard_size_mb=opts.shard_size_mb, compression=opts.compression,
-                       provenance=_provenance(opts))  # fmt: skip
+                       provenance=_provenance(opts), latents=store.latents)  # fmt: skip
 
 
 def _new_writer(ep: Episode, opts: ConvertOptions, source: Source) -> StoreWriter:
     cams = {c: fr.shape[1:3] for c, fr in ep.frames.items()}
+    latents = None
+    if ep.latents is not None:
+        shapes = {lat.shape[1:] for lat in ep.latents.values()}
+        if len(shapes) > 1:
+            raise UsageError(f"--latents needs one frame size for every camera, got {cams}: pass --resolution HxW")
+        latents = _latents_record(opts.latents, shapes.pop())
     return StoreWriter(opts.out, fps=opts.fps, cameras=cams, mode=opts.mode, shard_size_mb=opts.shard_size_mb,
-                       compression=opts.compression, provenance=_provenance(opts, source))  # fmt: skip
+                       compression=opts.compression, provenance=_provenance(opts, source), latents=latents)  # fmt: skip
 
 
 def _provenance(opts: ConvertOptions, source: Source | None = None) -> dict:
@@ -316,6 +363,10 @@ def build_parser() -> argparse.ArgumentParser:
                                  "lzf (~20-35%% smaller on camera frames, ~5x slower to write) or gzip (smallest, "
                                  "slowest)")  # fmt: skip
         common.add_argument("--embodiment", help="embodiment name for every episode (default: the source's)")
+        common.add_argument("--latents", type=Path, metavar="VAE_DIR",
+                            help="also store each frame's latents from a diffusers AutoencoderKL saved in this "
+                                 "local folder (save_pretrained), so training with latent tokens never runs the "
+                                 "encoder; frames are stored too")  # fmt: skip
         mode = common.add_mutually_exclusive_group()
         mode.add_argument("--overwrite", action="store_true", help="replace an existing store at --out")
         mode.add_argument("--append", action="store_true",
@@ -340,7 +391,7 @@ def main(argv: list[str] | None = None) -> int:
         workers=args.workers, shard_size_mb=args.shard_size, compression=args.compression,
         embodiment=args.embodiment, mode="overwrite" if args.overwrite else "append" if args.append else "create",
         strict=args.strict, val_fraction=args.val_fraction, drop_duplicates=not args.keep_duplicates,
-        drop_idle=not args.keep_idle, argv=["robofm-convert", *argv],
+        drop_idle=not args.keep_idle, latents=args.latents, argv=["robofm-convert", *argv],
     )  # fmt: skip
     try:
         if opts.mode == "create" and (opts.out / "manifest.json").exists():

@@ -41,6 +41,8 @@ class EpisodeWindowDataset(torch.utils.data.Dataset):
       actions       float32 [K, s, Da]          action_mask bool [Da] (all False: an action-free episode)
       frame_index   int64   [K+1]               (times are frame_index / store fps)
       task, embodiment, episode_id: str; store: int (index into `stores`)
+      latents       float16 [C, K+1, c, h, w]   only with latents=True: the VAE latents of `frames`, stored by
+                                                `robofm-convert --latents` (zeros for a camera the store lacks)
     State and actions are in robot units; normalization uses `stats(store, embodiment)`.
     """
 
@@ -56,6 +58,7 @@ class EpisodeWindowDataset(torch.utils.data.Dataset):
         samples_per_epoch: int | None = None,
         rank: int = 0,
         world_size: int = 1,
+        latents: bool = False,
     ) -> None:
         if window_len < 1 or stride < 1:
             raise UsageError(f"window_len and stride must be >= 1, got {window_len} and {stride}")
@@ -67,6 +70,7 @@ class EpisodeWindowDataset(torch.utils.data.Dataset):
         self.rank, self.world_size, self.epoch = rank, world_size, 0
         self.cameras = list(cameras) if cameras else list(dict.fromkeys(c for st in self.stores for c in st.cameras))
         self._check_cameras()
+        self.latent_shape = self._check_latents() if latents else None
         span = window_len * stride + 1  # frames a window covers
         self.episodes: list[list[EpisodeInfo]] = []
         self.cum_windows: list[np.ndarray] = []
@@ -102,6 +106,18 @@ class EpisodeWindowDataset(torch.utils.data.Dataset):
                 raise UsageError(f"camera {c!r} is in none of the stores; they have {[st.cameras for st in self.stores]}")
         self.frame_size = sizes.pop()
 
+    def _check_latents(self) -> tuple[int, int, int]:
+        """The latent shape (c, h, w) every store of the mixture shares; UsageError if one has no latents."""
+        for st in self.stores:
+            if st.latents is None:
+                raise UsageError(f"{st.root} holds no latents: convert it with `robofm-convert ... --latents VAE_DIR`")
+        records = {str(st.root): st.latents for st in self.stores}
+        if len({tuple(r["shape"]) for r in records.values()}) > 1:
+            raise UsageError(f"stores of one mixture must hold latents of one shape; got {records}")
+        if len({r["vae_path"] for r in records.values()}) > 1:  # may be one VAE copied to several machines
+            log.warning("the stores' latents were made by VAEs at different paths: %s", records)
+        return tuple(self.stores[0].latents["shape"])
+
     def set_epoch(self, epoch: int) -> None:
         """Draw a different set of windows in each epoch (call before iterating, like DistributedSampler)."""
         self.epoch = epoch
@@ -133,17 +149,9 @@ class EpisodeWindowDataset(torch.utils.data.Dataset):
         arrays = self.stores[s].arrays(info.id)
         steps = range(start, start + k * stride + 1, stride)
         span = slice(start, start + k * stride)
-        h, w = self.frame_size
-        frames = np.zeros((len(self.cameras), k + 1, h, w, 3), dtype=np.uint8)
-        camera_mask = np.zeros(len(self.cameras), dtype=bool)
-        for c, cam in enumerate(self.cameras):
-            if cam in arrays.frames:
-                ds = arrays.frames[cam]
-                for j, t in enumerate(steps):  # one read per frame: HDF5's strided selections are ~100x slower
-                    frames[c, j] = ds[t]
-                camera_mask[c] = True
+        frames, camera_mask = self._read_steps(arrays.frames, steps, (*self.frame_size, 3), np.uint8)
         state = np.zeros((k, self.state_dim), dtype=np.float32)
-        raw_state = arrays.state[span][::stride]  # contiguous read, then stride in numpy (see above)
+        raw_state = arrays.state[span][::stride]  # contiguous read, then stride in numpy (see _read_steps)
         state[:, : raw_state.shape[1]] = raw_state
         actions = np.zeros((k, stride, self.action_dim), dtype=np.float32)
         action_mask = np.zeros(self.action_dim, dtype=bool)
@@ -153,7 +161,7 @@ class EpisodeWindowDataset(torch.utils.data.Dataset):
             action_mask[: raw.shape[1]] = True
         state_mask = np.zeros(self.state_dim, dtype=bool)
         state_mask[: raw_state.shape[1]] = True
-        return {
+        item = {
             "frames": torch.from_numpy(frames),
             "camera_mask": torch.from_numpy(camera_mask),
             "state": torch.from_numpy(state),
@@ -166,6 +174,23 @@ class EpisodeWindowDataset(torch.utils.data.Dataset):
             "episode_id": info.id,
             "store": s,
         }
+        if self.latent_shape is not None:
+            latents, _ = self._read_steps(arrays.latents, steps, self.latent_shape, np.float16)
+            item["latents"] = torch.from_numpy(latents)
+        return item
+
+    def _read_steps(self, per_camera: dict, steps: range, shape: tuple, dtype) -> tuple[np.ndarray, np.ndarray]:
+        """Each camera's rows at `steps`, [C, len(steps), *shape] (zeros for a camera the episode lacks), and
+        the camera mask [C]."""
+        out = np.zeros((len(self.cameras), len(steps), *shape), dtype=dtype)
+        mask = np.zeros(len(self.cameras), dtype=bool)
+        for c, cam in enumerate(self.cameras):
+            if cam in per_camera:
+                ds = per_camera[cam]
+                for j, t in enumerate(steps):  # one read per frame: HDF5's strided selections are ~100x slower
+                    out[c, j] = ds[t]
+                mask[c] = True
+        return out, mask
 
 
 def _as_list(stores) -> list:

@@ -17,7 +17,8 @@ class Episode:
     """A decoded episode. T is the number of frames; every array shares it.
 
     frames: camera -> uint8 [T, H, W, 3]; state: float32 [T, Ds]; action: float32 [T, Da] or None for
-    action-free video; timestamp: float64 [T] seconds, strictly increasing.
+    action-free video; timestamp: float64 [T] seconds, strictly increasing; latents: camera -> float16
+    [T, C, h, w] VAE latents of the frames, set by the converter when the store keeps latents (else None).
     """
 
     frames: dict[str, np.ndarray]
@@ -32,6 +33,7 @@ class Episode:
     state_names: list[str] | None = None
     action_names: list[str] | None = None
     extra: dict = field(default_factory=dict)
+    latents: dict[str, np.ndarray] | None = None
 
     @property
     def length(self) -> int:
@@ -54,6 +56,11 @@ class Episode:
                 raise self.fail(f"camera {cam!r}: expected uint8 frames, got {fr.dtype}")
             if len(fr) != t:
                 raise self.fail(f"camera {cam!r} has {len(fr)} frames but the episode has {t} timestamps")
+        for cam, lat in (self.latents or {}).items():
+            if cam not in self.frames:
+                raise self.fail(f"latents of camera {cam!r}, which has no frames")
+            if lat.ndim != 4 or len(lat) != t:
+                raise self.fail(f"camera {cam!r}: expected latents [{t}, C, h, w], got shape {tuple(lat.shape)}")
         for name, arr in (("state", self.state), ("action", self.action)):
             if arr is None:
                 continue
@@ -149,6 +156,8 @@ def resample(ep: Episode, fps: float) -> Episode:
         return np.stack([np.interp(target, ts, arr[:, d]) for d in range(arr.shape[1])], axis=1).astype(np.float32)
 
     ep.frames = {cam: fr[nearest] for cam, fr in ep.frames.items()}
+    if ep.latents is not None:
+        ep.latents = {cam: lat[nearest] for cam, lat in ep.latents.items()}
     ep.state, ep.action = interp(ep.state), interp(ep.action)
     ep.timestamp = target
     return ep

@@ -4,7 +4,8 @@ Layout of a store folder:
   manifest.json   format version, fps, cameras, embodiments, the episode table, provenance
   stats.json      per embodiment: count, mean, std, min, max, q01, q99 of state and action per dimension
   quality.json    every source episode with its verdict: kept, dropped (with reason) or failed (with error)
-  shards/shard-NNNNN.h5   /<episode_id>/{frames/<camera>, state, action, timestamp}, attrs task, embodiment, ...
+  shards/shard-NNNNN.h5   /<episode_id>/{frames/<camera>, latents/<camera>?, state, action?, timestamp},
+                          attrs task, embodiment, ...
 
 Shards are immutable once closed: the writer fills `shard-NNNNN.h5.partial` and renames it when it is
 full or the conversion ends; the manifest only ever lists episodes of closed shards and is replaced
@@ -35,12 +36,13 @@ MANIFEST, STATS, QUALITY = "manifest.json", "stats.json", "quality.json"
 
 
 class EpisodeArrays(NamedTuple):
-    """Open HDF5 datasets of one episode."""
+    """Open HDF5 datasets of one episode. latents is empty in a store converted without --latents."""
 
     frames: dict[str, h5py.Dataset]
     state: h5py.Dataset
     action: h5py.Dataset | None
     timestamp: h5py.Dataset
+    latents: dict[str, h5py.Dataset]
 
 
 @dataclass
@@ -78,6 +80,8 @@ class StoreWriter:
 
     mode: "create" (the folder must not hold a store), "overwrite" (replace it) or "append" (add
     episodes to an existing store with the same fps and cameras; shards already written stay as they are).
+    latents: the manifest's record of the VAE latents every episode carries, {"vae_path", "shape": [C, h, w],
+    "scaling_factor"}, or None for a store of frames only; an append must match the store's.
     """
 
     def __init__(
@@ -90,8 +94,10 @@ class StoreWriter:
         shard_size_mb: float = 1024,
         compression: str | None = None,
         provenance: dict | None = None,
+        latents: dict | None = None,
     ) -> None:
         self.root = Path(root)
+        self.latents = latents
         self.compression = None if compression in (None, "none") else compression
         self.shard_bytes = int(shard_size_mb * 2**20)
         self.episodes: list[EpisodeInfo] = []
@@ -128,6 +134,9 @@ class StoreWriter:
                 f"{self.root}: cannot append episodes at {self.fps} fps with cameras {self.cameras} to a store at "
                 f"{m['fps']} fps with cameras {m['cameras']}"
             )
+        if m.get("latents") != self.latents:
+            raise StoreError(f"{self.root}: cannot append episodes with latents {self.latents} to a store with "
+                             f"latents {m.get('latents')}")  # fmt: skip
         self.episodes, self.quality = list(store.episodes), list(store.quality)
         self.embodiments, self.provenance = dict(m["embodiments"]), list(m["provenance"])
         for info in store.episodes:  # statistics are recomputed over the low-dimensional arrays only
@@ -166,6 +175,7 @@ class StoreWriter:
 
     def add(self, ep: Episode, content_hash: str, split: str) -> EpisodeInfo:
         """Write one validated episode; on any error nothing of it stays in the shard."""
+        self._check_latents(ep)
         self._register_embodiment(ep)  # raises before anything is written if the dims disagree
         f = self._open_shard()
         ep_id = f"ep-{self._next_id:06d}"
@@ -173,6 +183,9 @@ class StoreWriter:
             g = f.create_group(ep_id)
             for cam, fr in ep.frames.items():
                 g.create_dataset(f"frames/{cam}", data=fr, chunks=(1, *fr.shape[1:]), compression=self.compression)
+            for cam, lat in (ep.latents or {}).items():  # one frame per chunk, like frames: windows read single frames
+                g.create_dataset(f"latents/{cam}", data=lat.astype(np.float16), chunks=(1, *lat.shape[1:]),
+                                 compression=self.compression)  # fmt: skip
             g.create_dataset("state", data=ep.state.astype(np.float32))
             if ep.action is not None:
                 g.create_dataset("action", data=ep.action.astype(np.float32))
@@ -198,6 +211,18 @@ class StoreWriter:
         if self._shard_written >= self.shard_bytes:
             self._close_shard()
         return info
+
+    def _check_latents(self, ep: Episode) -> None:
+        if self.latents is None:
+            if ep.latents is not None:
+                raise ep.fail(f"episode has latents but the store {self.root} keeps none")
+            return
+        want = tuple(self.latents["shape"])
+        for cam in ep.frames:
+            lat = (ep.latents or {}).get(cam)
+            if lat is None or lat.shape[1:] != want:
+                got = "none" if lat is None else f"shape {tuple(lat.shape[1:])}"
+                raise ep.fail(f"camera {cam!r}: the store keeps latents of {want} per frame; the episode has {got}")
 
     def _register_embodiment(self, ep: Episode) -> None:
         dims = {
@@ -239,6 +264,7 @@ class StoreWriter:
             "fps": self.fps,
             "cameras": self.cameras,
             "embodiments": self.embodiments,
+            **({"latents": self.latents} if self.latents else {}),
             "episodes": [asdict(e) for e in self.episodes],
             # an append that added nothing leaves the provenance (and so the whole store) unchanged
             "provenance": self.provenance + ([self._this_provenance] if self._added else []),
@@ -306,6 +332,11 @@ class EpisodeStore:
     def cameras(self) -> list[str]:
         return list(self.manifest["cameras"])
 
+    @property
+    def latents(self) -> dict | None:
+        """{"vae_path", "shape": [C, h, w], "scaling_factor"} of the latents every episode carries, or None."""
+        return self.manifest.get("latents")
+
     def shard_path(self, shard: str) -> Path:
         return self.root / "shards" / shard
 
@@ -351,8 +382,9 @@ class EpisodeStore:
         arrays = self._arrays.get(episode_id)
         if arrays is None:
             g = self.group(episode_id)
+            latents = {c: g["latents"][c] for c in g["latents"]} if "latents" in g else {}
             arrays = EpisodeArrays({c: g["frames"][c] for c in g["frames"]}, g["state"],
-                                   g["action"] if "action" in g else None, g["timestamp"])  # fmt: skip
+                                   g["action"] if "action" in g else None, g["timestamp"], latents)  # fmt: skip
             self._arrays[episode_id] = arrays
             if len(self._arrays) > OPEN_EPISODES:
                 self._arrays.popitem(last=False)
@@ -380,6 +412,7 @@ class EpisodeStore:
             source_index=info.source_index,
             embodiment=info.embodiment,
             split=info.split,
+            latents={cam: g["latents"][cam][:] for cam in g["latents"]} if "latents" in g else None,
         )
 
     def close(self) -> None:
