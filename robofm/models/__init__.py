@@ -1,0 +1,1 @@
+"""robofm.models."""

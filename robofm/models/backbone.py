@@ -1,0 +1,165 @@
+"""The Transformer backbone: pre-norm decoder blocks with RMSNorm, SwiGLU, rotary positions from explicit position
+ids, QK-norm and no biases. Attention is masked by the block-causal rules of `robofm.models.sequence` through SDPA
+with a boolean mask (portable default) or FlexAttention with a block mask; a KV cache serves inference.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import Tensor, nn
+
+from robofm.models.config import ModelConfig
+
+
+@dataclass
+class TokenMeta:
+    """What the attention mask needs to know of each token, all [B, L]:
+    block  int: a clean token sees clean keys whose block is <= its own (equal block: bidirectional)
+    group  int: -1 for clean tokens; a NOISY block's tokens share a group id and see each other
+    valid  bool: False for padding and missing cameras, which no query may attend to
+    A NOISY token's block is the block of the last clean token it may see (the end of its action chunk).
+    """
+
+    block: Tensor
+    group: Tensor
+    valid: Tensor
+
+    def cat(self, other: TokenMeta) -> TokenMeta:
+        return TokenMeta(*(torch.cat([a, b], dim=1) for a, b in zip(self.astuple(), other.astuple(), strict=True)))
+
+    def astuple(self) -> tuple[Tensor, Tensor, Tensor]:
+        return self.block, self.group, self.valid
+
+
+def allowed(q: TokenMeta, k: TokenMeta) -> Tensor:
+    """Boolean [B, Lq, Lk]: may query i attend to key j. No query ever sees a NOISY key of another group, so the
+    clean stream is the same with or without NOISY blocks in the sequence."""
+    clean_k = (k.group < 0)[:, None, :]
+    sees_clean = clean_k & (k.block[:, None, :] <= q.block[:, :, None])
+    same_noisy = (q.group[:, :, None] >= 0) & (q.group[:, :, None] == k.group[:, None, :])
+    return (sees_clean | same_noisy) & k.valid[:, None, :]
+
+
+def flex_block_mask(q: TokenMeta, k: TokenMeta):
+    """The same rule as `allowed`, as a FlexAttention BlockMask (computed block-sparse, never as an L x L tensor
+    on GPU)."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    qb, qg, kb, kg, kv = q.block, q.group, k.block, k.group, k.valid
+
+    def mask_mod(b, h, qi, ki):
+        sees_clean = (kg[b, ki] < 0) & (kb[b, ki] <= qb[b, qi])
+        same_noisy = (qg[b, qi] >= 0) & (qg[b, qi] == kg[b, ki])
+        return (sees_clean | same_noisy) & kv[b, ki]
+
+    return create_block_mask(mask_mod, B=qb.shape[0], H=None, Q_LEN=qb.shape[1], KV_LEN=kb.shape[1],
+                             device=qb.device)  # fmt: skip
+
+
+def rotary(pos: Tensor, head_dim: int, theta: float) -> tuple[Tensor, Tensor]:
+    """cos and sin [B, 1, L, head_dim/2] for integer positions [B, L]."""
+    freqs = theta ** (-torch.arange(0, head_dim, 2, device=pos.device, dtype=torch.float32) / head_dim)
+    angles = pos.float()[:, None, :, None] * freqs  # (B, 1, L, hd/2)
+    return angles.cos(), angles.sin()
+
+
+def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    x1, x2 = x.float().chunk(2, dim=-1)  # rotate-half convention, in fp32 for accuracy under autocast
+    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).type_as(x)
+
+
+class KVCache:
+    """Keys and values of every layer for the tokens seen so far, with their mask metadata."""
+
+    def __init__(self) -> None:
+        self.k: list[Tensor | None] = []
+        self.v: list[Tensor | None] = []
+        self.meta: TokenMeta | None = None
+
+    def __len__(self) -> int:
+        return 0 if self.meta is None else self.meta.block.shape[1]
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.heads, self.head_dim = cfg.heads, cfg.dim // cfg.heads
+        self.qkv = nn.Linear(cfg.dim, 3 * cfg.dim, bias=False)
+        self.out = nn.Linear(cfg.dim, cfg.dim, bias=False)
+        self.q_norm = nn.RMSNorm(self.head_dim, eps=cfg.norm_eps)  # QK-norm keeps attention logits bounded
+        self.k_norm = nn.RMSNorm(self.head_dim, eps=cfg.norm_eps)
+
+    def forward(self, x: Tensor, rope: tuple[Tensor, Tensor], mask, cache: KVCache | None, layer: int,
+                append: bool) -> Tensor:  # fmt: skip
+        q, k, v = rearrange(self.qkv(x), "b l (n h d) -> n b h l d", n=3, h=self.heads)  # (3, B, H, L, hd)
+        q, k = apply_rotary(self.q_norm(q), *rope), apply_rotary(self.k_norm(k), *rope)
+        if cache is not None:
+            if layer < len(cache.k):  # keys of earlier tokens come first, as in the metadata the mask was built on
+                k, v = torch.cat([cache.k[layer], k], dim=2), torch.cat([cache.v[layer], v], dim=2)
+                if append:
+                    cache.k[layer], cache.v[layer] = k, v
+            elif append:
+                cache.k.append(k)
+                cache.v.append(v)
+        if isinstance(mask, Tensor):
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None])
+        else:
+            from torch.nn.attention.flex_attention import flex_attention
+
+            y = flex_attention(q, k, v, block_mask=mask)
+        return self.out(rearrange(y, "b h l d -> b l (h d)"))  # (B, L, D)
+
+
+class SwiGLU(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.gate_up = nn.Linear(cfg.dim, 2 * cfg.ffn_dim, bias=False)
+        self.down = nn.Linear(cfg.ffn_dim, cfg.dim, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        gate, up = self.gate_up(x).chunk(2, dim=-1)
+        return self.down(F.silu(gate) * up)
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.attn_norm = nn.RMSNorm(cfg.dim, eps=cfg.norm_eps)
+        self.attn = Attention(cfg)
+        self.mlp_norm = nn.RMSNorm(cfg.dim, eps=cfg.norm_eps)
+        self.mlp = SwiGLU(cfg)
+
+    def forward(self, x: Tensor, rope, mask, cache: KVCache | None, layer: int, append: bool) -> Tensor:
+        x = x + self.attn(self.attn_norm(x), rope, mask, cache, layer, append)
+        return x + self.mlp(self.mlp_norm(x))
+
+
+class Backbone(nn.Module):
+    """Decoder blocks and the final norm. `forward(x [B, L, D], pos [B, L], meta)` -> [B, L, D].
+
+    With a cache, the new tokens attend to the cached ones and to each other; `append=True` adds them to the
+    cache (clean context), `append=False` leaves it unchanged (a NOISY block being denoised)."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.depth))
+        self.norm = nn.RMSNorm(cfg.dim, eps=cfg.norm_eps)
+
+    def forward(self, x: Tensor, pos: Tensor, meta: TokenMeta, cache: KVCache | None = None,
+                append: bool = True) -> Tensor:  # fmt: skip
+        keys = meta if cache is None or cache.meta is None else cache.meta.cat(meta)
+        if self.cfg.attention == "flex":
+            mask = flex_block_mask(meta, keys)
+        else:
+            mask = allowed(meta, keys)
+        rope = rotary(pos, self.cfg.dim // self.cfg.heads, self.cfg.rope_theta)
+        for i, block in enumerate(self.blocks):
+            x = block(x, rope, mask, cache, i, append)
+        if cache is not None and append:
+            cache.meta = keys
+        return self.norm(x)

@@ -1,0 +1,120 @@
+"""Build the tokenization (a SequenceBuilder) from training data, save it beside a checkpoint and load it back,
+and size a model for it."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from robofm.errors import UsageError
+from robofm.models.config import ModelConfig
+from robofm.models.layout import Vocab
+from robofm.models.sequence import SequenceBuilder, SequenceConfig
+from robofm.tokenizers.action import Normalizer, build_action_tokenizer, load_action_tokenizer
+from robofm.tokenizers.image import build_image_tokenizer, load_image_tokenizer
+from robofm.tokenizers.text import build_text_tokenizer, load_text_tokenizer
+
+CONFIG = "sequence.json"
+
+
+@dataclass
+class TokenizerConfig:
+    """text: bytes | hf (text_path: a local tokenizer.json); action: binning (n_bins) | fast (fast_scale,
+    fast_vocab_size, fitted on fast_fit_chunks chunks of the training data); image: pixel (patch_size, default 8) | latent
+    (vae_path; the store must hold latents); max_embodiments: embodiment-token slots in the vocabulary."""
+
+    text: str = "bytes"
+    text_path: str | None = None
+    action: str = "binning"
+    n_bins: int = 256
+    fast_scale: float = 10.0
+    fast_vocab_size: int = 1024
+    fast_fit_chunks: int = 2000
+    image: str = "pixel"
+    patch_size: int | None = None  # None: 8 pixels, or 2 latent cells
+    vae_path: str | None = None
+    max_embodiments: int = 16
+
+
+def build_sequence_builder(dataset, seq: SequenceConfig, tok: TokenizerConfig) -> SequenceBuilder:
+    """Tokenizers, normalizers and layout for an EpisodeWindowDataset (statistics of all its stores, merged per
+    embodiment). A FAST tokenizer is fitted here on action chunks drawn from the dataset."""
+    if (dataset.window_len, dataset.stride) != (seq.window_len, seq.stride):
+        raise UsageError(f"the dataset gives windows of {dataset.window_len} steps at stride {dataset.stride}; the "
+                         f"sequence expects {seq.window_len} at {seq.stride}")  # fmt: skip
+    stats = [st.stats for st in dataset.stores]
+    state_norm = Normalizer.merge([Normalizer.from_stats(s, "state") for s in stats])
+    action_norm = Normalizer.merge([Normalizer.from_stats(s, "action") for s in stats])
+    embodiments = sorted({e for st in dataset.stores for e in st.manifest["embodiments"]})
+    image = build_image_tokenizer(tok.image, tok.patch_size, tok.vae_path)
+    if image.input_key == "latents":
+        frame_shape = tuple(dataset.stores[0].manifest["latents"]["shape"])
+    else:
+        frame_shape = (*dataset.frame_size, 3)
+    if tok.action == "fast":
+        actions = build_action_tokenizer("fast", scale=tok.fast_scale, vocab_size=tok.fast_vocab_size)
+        actions.fit(_action_chunks(dataset, action_norm, tok.fast_fit_chunks))
+    else:
+        actions = build_action_tokenizer("binning", n_bins=tok.n_bins)
+    text = build_text_tokenizer(tok.text, tok.text_path)
+    vocab = Vocab(text.vocab_size, actions.vocab_size, tok.max_embodiments)
+    return SequenceBuilder(seq, text=text, actions=actions, image=image, state_norm=state_norm,
+                           action_norm=action_norm, vocab=vocab, embodiments=embodiments, cameras=dataset.cameras,
+                           frame_shape=frame_shape, state_dim=dataset.state_dim,
+                           action_dim=max(dataset.action_dim, 1))  # fmt: skip
+
+
+def _action_chunks(dataset, norm: Normalizer, n: int):
+    """Up to n normalized action chunks [s, Da] of the dataset's windows (action-free windows skipped)."""
+    rng = np.random.default_rng(0)
+    for i in rng.choice(len(dataset), size=min(n, len(dataset)), replace=False):
+        item = dataset[int(i)]
+        if item["action_mask"].any():
+            yield from norm.normalize(item["actions"], item["embodiment"]).numpy()
+
+
+def model_config(builder: SequenceBuilder, size: str, **overrides) -> ModelConfig:
+    """A model of `size` whose vocabulary, patch, state and camera shapes fit the builder."""
+    return ModelConfig.sized(size, vocab_size=builder.vocab.size, patch_dim=builder.image.patch_dim(),
+                             state_dim=builder.state_dim, max_cameras=max(len(builder.cameras), 1),
+                             max_patches=builder.patches, **overrides)  # fmt: skip
+
+
+def save_sequence_builder(builder: SequenceBuilder, directory: str | Path) -> None:
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, tok in (("text", builder.text), ("action", builder.actions), ("image", builder.image)):
+        tok.save(directory / f"{name}_tokenizer")
+    config = {
+        "sequence": asdict(builder.cfg),
+        "max_embodiments": builder.vocab.max_embodiments,
+        "embodiments": builder.embodiments,
+        "cameras": builder.cameras,
+        "frame_shape": list(builder.frame_shape),
+        "state_dim": builder.state_dim,
+        "action_dim": builder.action_dim,
+        "state_norm": builder.state_norm.state_dict(),
+        "action_norm": builder.action_norm.state_dict(),
+    }
+    (directory / CONFIG).write_text(json.dumps(config, indent=1))
+
+
+def load_sequence_builder(directory: str | Path) -> SequenceBuilder:
+    directory = Path(directory)
+    try:
+        config = json.loads((directory / CONFIG).read_text())
+    except (OSError, ValueError) as e:
+        raise UsageError(f"cannot read {directory / CONFIG}: {e}") from e
+    text = load_text_tokenizer(directory / "text_tokenizer")
+    actions = load_action_tokenizer(directory / "action_tokenizer")
+    vocab = Vocab(text.vocab_size, actions.vocab_size, config["max_embodiments"])
+    return SequenceBuilder(SequenceConfig(**config["sequence"]), text=text, actions=actions,
+                           image=load_image_tokenizer(directory / "image_tokenizer"),
+                           state_norm=Normalizer.from_state_dict(config["state_norm"]),
+                           action_norm=Normalizer.from_state_dict(config["action_norm"]), vocab=vocab,
+                           embodiments=config["embodiments"], cameras=config["cameras"],
+                           frame_shape=tuple(config["frame_shape"]), state_dim=config["state_dim"],
+                           action_dim=config["action_dim"])  # fmt: skip

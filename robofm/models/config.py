@@ -1,0 +1,69 @@
+"""Model sizes and the shapes a model needs from its tokenizers and data."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+from robofm.errors import UsageError
+
+# Width, depth and heads of each size; the FFN is SwiGLU at 8/3 of the width (rounded up to a multiple of 64),
+# so a block holds ~12 * dim^2 weights, as a GELU block with a 4x MLP.
+SIZES: dict[str, dict[str, int]] = {
+    "debug": {"dim": 64, "depth": 2, "heads": 4},  # < 1M parameters: tests
+    "small": {"dim": 320, "depth": 10, "heads": 5},  # ~13M: the CPU demo
+    "base": {"dim": 768, "depth": 14, "heads": 12},  # ~100M
+    "large": {"dim": 1024, "depth": 24, "heads": 16},  # ~300M
+    "1b": {"dim": 2048, "depth": 20, "heads": 16},  # ~1B
+}
+
+
+@dataclass
+class ModelConfig:
+    """A model: its backbone size, and the input/output shapes set by the tokenizers and the data.
+
+    vocab_size: the shared vocabulary (special, embodiment, text and action tokens; see sequence.Vocab)
+    patch_dim: values per image patch (p*p*3 pixels or p*p*C latents); state_dim: the largest state dimension
+    max_cameras, max_patches: camera and patch-position embedding rows (patches per frame of one camera)
+    """
+
+    size: str = "debug"
+    dim: int = 64
+    depth: int = 2
+    heads: int = 4
+    ffn_dim: int = 0  # 0: 8/3 of dim, rounded up to a multiple of 64
+    norm_eps: float = 1e-6
+    rope_theta: float = 10000.0
+    attention: str = "sdpa"  # sdpa (boolean mask, portable) | flex (FlexAttention block mask)
+    vocab_size: int = 0
+    patch_dim: int = 0
+    state_dim: int = 0
+    max_cameras: int = 4
+    max_patches: int = 256
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.dim % self.heads or (self.dim // self.heads) % 2:
+            raise UsageError(f"model.dim {self.dim} must split into {self.heads} heads of an even size")
+        if self.attention not in ("sdpa", "flex"):
+            raise UsageError(f"model.attention must be sdpa or flex, not {self.attention!r}")
+        if not self.ffn_dim:
+            self.ffn_dim = -(-8 * self.dim // 3 // 64) * 64
+
+    @classmethod
+    def sized(cls, size: str, **kwargs) -> ModelConfig:
+        """A config of one of SIZES, with the data-dependent fields (vocab_size, patch_dim, ...) in kwargs."""
+        if size not in SIZES:
+            raise UsageError(f"unknown model size {size!r}; choose one of {sorted(SIZES)}")
+        return cls(size=size, **{**SIZES[size], **kwargs})
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def expected_parameters(self) -> int:
+        """Parameter count from the config alone (tested against the built model)."""
+        d = self.dim
+        block = 4 * d * d + 3 * d * self.ffn_dim + 2 * d + 2 * (d // self.heads)  # attention, SwiGLU, norms
+        embed = (self.vocab_size + 6 + self.max_cameras + self.max_patches) * d  # tokens, modalities, cameras, patches
+        inputs = (self.patch_dim + 2 * self.state_dim) * d + (256 * d + d * d)  # patch and state proj, time MLP
+        heads = d * self.vocab_size + d * self.patch_dim + d  # token head, frame head, final norm
+        return self.depth * block + embed + inputs + heads

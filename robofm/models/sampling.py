@@ -1,0 +1,156 @@
+"""Inference: the policy (decode an action chunk) and the world model (imagine future frames under actions).
+
+Both take a batch shaped like collated EpisodeWindowDataset items with K observation steps: frames (or latents)
+[B, C, K(+1), ...], state [B, K, Ds], state_mask, actions [B, K, s, Da] (the chunks after steps 0..K-2 are the
+executed ones; the chunk of step K-1 is the one to predict or, for `imagine`, the first one to roll out),
+action_mask, task and embodiment. Every path runs with a KV cache or without one; both give the same result
+within float tolerance.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from functools import partial
+
+import torch
+from torch import Tensor
+
+from robofm.models.backbone import KVCache, TokenMeta
+from robofm.models.layout import Vocab
+from robofm.models.robofm import RobofmModel
+from robofm.models.sequence import Sequence, SequenceBuilder
+from robofm.objectives.flow_matching import FrameDiffusion
+
+
+def _with_target_frame(batch: dict, builder: SequenceBuilder) -> dict:
+    """The batch with K+1 frames (the builder's layout reads frame K only as a target; any values do)."""
+    key = "patches" if "patches" in batch else builder.image.input_key
+    x = batch[key]
+    if x.shape[2] == batch["state"].shape[1]:
+        x = torch.cat([x, torch.zeros_like(x[:, :, :1])], dim=2)
+    return {**batch, key: x}
+
+
+@torch.no_grad()
+def predict_action_chunk(model: RobofmModel, builder: SequenceBuilder, batch: dict, *, temperature: float = 0.0,
+                         generator: torch.Generator | None = None, use_cache: bool = True) -> Tensor:  # fmt: skip
+    """The action chunk [B, s, Da] in robot units (padded dimensions 0) that follows the last observation.
+
+    Decodes the last step's action slots one token at a time (greedy at temperature 0, else sampled), choosing
+    only among action tokens (and EOA for FAST); binning slots of padded dimensions stay PAD."""
+    device = next(model.parameters()).device
+    seq = builder.build(_with_target_frame(batch, builder), noisy_steps=()).to(device)
+    k = batch["state"].shape[1]
+    lay = builder.layout((), k)
+    slots = torch.as_tensor(lay.act_index[k - 1], device=device)  # (A,)
+    ids, valid = seq.ids.clone(), seq.meta.valid.clone()
+    b, vocab = ids.shape[0], builder.vocab
+    lo, hi = vocab.action_offset, vocab.size
+    pad_slot = (ids[:, slots] == Vocab.PAD) if builder.binning else torch.zeros(b, len(slots), dtype=torch.bool)
+    pad_slot = pad_slot.to(device)
+    done = torch.zeros(b, dtype=torch.bool, device=device)
+    cache = KVCache() if use_cache else None
+    start = int(slots[0])
+    for j, pos in enumerate(slots.tolist()):
+        cur = _replace(seq, ids, valid)
+        if cache is None:
+            h = model(cur.tokens(slice(0, pos)))[:, -1]
+        else:
+            new = slice(0, start) if j == 0 else slice(pos - 1, pos)
+            h = model(cur.tokens(new), cache)[:, -1]
+        logits = model.token_logits(h).float()
+        allowed = torch.zeros(logits.shape[-1], dtype=torch.bool, device=device)
+        allowed[lo:hi] = True
+        if not builder.binning:
+            allowed[Vocab.EOA] = True
+        token = _choose(logits.masked_fill(~allowed, float("-inf")), temperature, generator)
+        token = torch.where(pad_slot[:, j] | done, torch.full_like(token, Vocab.PAD), token)
+        ids[:, pos], valid[:, pos] = token, token != Vocab.PAD
+        if not builder.binning:
+            done |= token == Vocab.EOA
+            if bool(done.all()):
+                break
+    return _detokenize(builder, ids[:, slots].cpu(), batch["embodiment"], batch["action_mask"])
+
+
+def _replace(seq: Sequence, ids: Tensor, valid: Tensor) -> Sequence:
+    return replace(seq, ids=ids, meta=TokenMeta(seq.meta.block, seq.meta.group, valid))
+
+
+def _frame_velocity(model: RobofmModel, seq: Sequence, cache: KVCache | None, x_t: Tensor, t: Tensor) -> Tensor:
+    """The frame head's output for the NOISY block of `seq` (its last tokens) at patches x_t and times t."""
+    noisy = seq.noisy_index
+    patches, level = seq.patches.clone(), seq.noise_level.clone()
+    patches[:, noisy], level[:, noisy] = x_t, t
+    full = replace(seq, patches=patches, noise_level=level)
+    if cache is None:
+        hidden = model(full)[:, noisy]
+    else:
+        hidden = model(full.tokens(slice(int(noisy[0]), None)), cache, append=False)
+    return model.frame_velocity(hidden).float()
+
+
+def _choose(logits: Tensor, temperature: float, generator: torch.Generator | None) -> Tensor:
+    if temperature <= 0:
+        return logits.argmax(-1)
+    probs = torch.softmax(logits / temperature, dim=-1)
+    return torch.multinomial(probs.cpu(), 1, generator=generator).squeeze(-1).to(logits.device)
+
+
+def _detokenize(builder: SequenceBuilder, tokens: Tensor, embodiments: list[str], action_mask: Tensor) -> Tensor:
+    """Action-slot ids [B, A] -> chunks [B, s, Da] in robot units."""
+    s, da, off = builder.cfg.stride, builder.action_dim, builder.vocab.action_offset
+    if builder.binning:
+        norm = builder.actions.decode((tokens - off).clamp(min=0), s, da)
+    else:
+        rows = [[int(t) - off for t in row if int(t) >= off] for row in tokens]  # up to EOA; PAD and EOA dropped
+        norm = torch.as_tensor(builder.actions.decode_batch(rows))
+    out = torch.stack([builder.action_norm.unnormalize(n, e) for n, e in zip(norm, embodiments, strict=True)])
+    return out * action_mask[:, None, :]
+
+
+@torch.no_grad()
+def imagine(model: RobofmModel, builder: SequenceBuilder, diffusion: FrameDiffusion, batch: dict, actions: Tensor,
+            *, sampler_steps: int = 10, generator: torch.Generator | None = None, use_cache: bool = True) -> Tensor:  # fmt: skip
+    """Imagined patches [B, H, C, P, patch_dim] of the H frames after the context, under action chunks
+    [B, H, s, Da] (robot units; actions[:, 0] follows the last context frame). Each frame is denoised in
+    `sampler_steps` steps against the context, then appended as the next clean observation with its state
+    hidden; beyond the builder's window the oldest step drops out. `builder.image.decode` and `to_uint8` turn the
+    patches into images."""
+    device = next(model.parameters()).device
+    batch = _with_target_frame(batch, builder)
+    x = batch["patches"] if "patches" in batch else builder.image.encode(batch[builder.image.input_key])
+    k = batch["state"].shape[1]
+    window = {
+        "patches": list(x[:, :, :k].unbind(2)),  # per step (B, C, P, pd)
+        "state": list(batch["state"].unbind(1)),
+        "known": [torch.ones(len(x), dtype=torch.bool)] * k,
+        "actions": list(batch["actions"][:, : k - 1].unbind(1)),
+    }
+    out = []
+    for h in range(actions.shape[1]):
+        steps = len(window["patches"])
+        step_batch = {
+            **{key: batch[key] for key in ("task", "embodiment", "state_mask", "action_mask", "camera_mask")},
+            "patches": torch.stack([*window["patches"], window["patches"][-1]], dim=2),
+            "state": torch.stack(window["state"], dim=1),
+            "state_known": torch.stack(window["known"], dim=1),
+            "actions": torch.stack([*window["actions"], actions[:, h]], dim=1),
+        }
+        seq = builder.build(step_batch, noisy_steps=(steps,)).to(device)
+        cache = None
+        if use_cache:  # the context once; each sampler step then runs only the NOISY block against it
+            cache = KVCache()
+            model(seq.tokens(slice(0, int(seq.noisy_index[0]))), cache)  # the NOISY block closes the sequence
+        denoise = partial(_frame_velocity, model, seq, cache)
+        x0 = diffusion.sample(denoise, tuple(seq.frame_x0.shape), sampler_steps, generator, device).cpu()
+        frame = x0.reshape(x0.shape[0], len(builder.cameras), builder.patches, -1)  # (B, C, P, pd)
+        out.append(frame)
+        window["patches"].append(frame)
+        window["state"].append(torch.zeros_like(window["state"][-1]))
+        window["known"].append(torch.zeros_like(window["known"][-1]))
+        window["actions"].append(actions[:, h])
+        if len(window["patches"]) > builder.cfg.window_len:
+            for key in ("patches", "state", "known", "actions"):
+                window[key].pop(0)
+    return torch.stack(out, dim=1)

@@ -1,0 +1,268 @@
+"""SequenceBuilder: a batch of EpisodeWindowDataset items -> one interleaved token sequence per sample.
+
+It normalizes and tokenizes (text, state, actions, frames), places every token on the shared `Layout`, and
+gives the next-token targets, the clean patches that NOISY blocks must predict, and the attention metadata.
+It runs as the DataLoader's collate_fn, so tokenization happens in the loader's worker processes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+from torch.utils.data import default_collate
+
+from robofm.errors import UsageError
+from robofm.models.backbone import TokenMeta
+from robofm.models.layout import Layout, Vocab
+
+IGNORE = -100  # target of a position with no token loss
+TARGET_TEXT, TARGET_ACTION = 1, 2
+
+
+@dataclass
+class Sequence:
+    """Model inputs and training targets of B samples of L tokens (one Layout).
+
+    ids [B, L] token ids (PAD at continuous positions); modality, camera, patch [B, L] embedding rows;
+    patches [B, L, patch_dim] patch values at OBS/NOISY positions (NOISY: filled by the frame objective);
+    state [B, L, 2*Ds] normalized state and its dimension mask at STATE positions; noise_level [B, L] the
+    diffusion time of NOISY tokens; pos [B, L] rotary positions; meta: attention metadata.
+    targets [B, L]: the token id position i must predict (IGNORE: none); target_kind [B, L] text or action.
+    frame_x0 [B, N, patch_dim] the clean patches NOISY tokens predict, at noisy_index [N] (flattened NOISY
+    blocks), noisy_block [N] which block each belongs to; frame_valid [B, N] (False: missing camera).
+    """
+
+    ids: Tensor
+    modality: Tensor
+    camera: Tensor
+    patch: Tensor
+    patches: Tensor
+    state: Tensor
+    noise_level: Tensor
+    pos: Tensor
+    meta: TokenMeta
+    targets: Tensor
+    target_kind: Tensor
+    frame_x0: Tensor
+    frame_valid: Tensor
+    noisy_index: Tensor
+    noisy_block: Tensor
+
+    def to(self, device: torch.device | str) -> Sequence:
+        moved = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        moved = {k: (TokenMeta(*(t.to(device) for t in v.astuple())) if k == "meta" else v.to(device))
+                 for k, v in moved.items()}  # fmt: skip
+        return Sequence(**moved)
+
+    def tokens(self, index: slice | Tensor) -> Sequence:
+        """Tokens `index` of every sample (inference: a prefix, or one new token); targets are dropped."""
+        cut = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        per_token = ("ids", "modality", "camera", "patch", "patches", "state", "noise_level", "pos", "targets",
+                     "target_kind")  # fmt: skip
+        cut = {k: v[:, index] if k in per_token else v for k, v in cut.items()}
+        cut["meta"] = TokenMeta(*(t[:, index] for t in self.meta.astuple()))
+        return Sequence(**cut)
+
+    def __getitem__(self, index: slice) -> Sequence:
+        """Samples `index` of the batch (for gradient accumulation)."""
+        cut = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        cut = {k: v if k in ("noisy_index", "noisy_block") else
+               TokenMeta(*(t[index] for t in v.astuple())) if k == "meta" else v[index] for k, v in cut.items()}  # fmt: skip
+        return Sequence(**cut)
+
+
+@dataclass
+class SequenceConfig:
+    """The shape of one sample's sequence.
+
+    noisy: which frames get a NOISY target block: "all" (frames 1..K), "last" (frame K), or an int m (m random
+    frames of 1..K, drawn per batch). text_len: task-text slots (longer texts are cut). action_tokens: slots per
+    action chunk for FAST (0: binning, where it is stride x action_dim). state_dropout: probability that a step's
+    state is hidden (trains the "unknown state" input that imagined rollouts use).
+    """
+
+    window_len: int = 4
+    stride: int = 2
+    noisy: str | int = "all"
+    text_len: int = 32
+    action_tokens: int = 0
+    state_dropout: float = 0.0
+
+
+class SequenceBuilder:
+    """Collate EpisodeWindowDataset items into a `Sequence` (see the module docstring).
+
+    text, actions, image: tokenizers (robofm.tokenizers); state_norm, action_norm: per-embodiment Normalizers;
+    embodiments: names in id order; cameras: camera names in item order; frame_shape: (H, W, 3) frames or
+    (C, h, w) latents as stored; state_dim, action_dim: the model's (padded) maxima."""
+
+    def __init__(self, cfg: SequenceConfig, *, text, actions, image, state_norm, action_norm, vocab: Vocab,
+                 embodiments: list[str], cameras: list[str], frame_shape: tuple[int, ...], state_dim: int,
+                 action_dim: int) -> None:  # fmt: skip
+        self.cfg, self.text, self.actions, self.image, self.vocab = cfg, text, actions, image, vocab
+        self.state_norm, self.action_norm = state_norm, action_norm
+        self.embodiments, self.cameras, self.frame_shape = list(embodiments), list(cameras), tuple(frame_shape)
+        self.state_dim, self.action_dim = state_dim, action_dim
+        if len(self.embodiments) > vocab.max_embodiments:
+            raise UsageError(f"{len(self.embodiments)} embodiments but the vocabulary has {vocab.max_embodiments} slots")
+        self.binning = not hasattr(actions, "encode_batch")
+        self.action_len = cfg.stride * action_dim if self.binning else cfg.action_tokens
+        if self.action_len < 1:
+            raise UsageError("FAST action tokens need sequence.action_tokens > 0 slots per chunk")
+        gh, gw = image.grid(self.frame_shape)
+        self.patches = gh * gw
+        self._text_cache: dict[str, list[int]] = {}
+        self.truncated_chunks = 0  # FAST chunks longer than their slots (decoding falls back; see tokenizer)
+
+    def layout(self, noisy_steps: tuple[int, ...], steps: int | None = None) -> Layout:
+        return Layout(steps or self.cfg.window_len, len(self.cameras), self.patches, self.cfg.text_len,
+                      self.action_len, tuple(sorted(noisy_steps)))  # fmt: skip
+
+    def noisy_steps(self, generator: torch.Generator | None = None) -> tuple[int, ...]:
+        k, noisy = self.cfg.window_len, self.cfg.noisy
+        if noisy == "all":
+            return tuple(range(1, k + 1))
+        if noisy == "last":
+            return (k,)
+        m = int(noisy)
+        if not 0 <= m <= k:
+            raise UsageError(f"sequence.noisy={m} must be between 0 and window_len={k}, or 'all' or 'last'")
+        return tuple(int(i) + 1 for i in torch.randperm(k, generator=generator)[:m].sort().values)
+
+    def __call__(self, items: list[dict]) -> Sequence:
+        """The DataLoader collate_fn."""
+        return self.build(default_collate(items))
+
+    # ------------------------------------------------------------------------------------------------ build
+
+    def build(self, batch: dict, noisy_steps: tuple[int, ...] | None = None,
+              generator: torch.Generator | None = None) -> Sequence:  # fmt: skip
+        """A collated batch (EpisodeWindowDataset items) -> Sequence. Inference may give K other than the
+        configured window (from the shape of "state"), precomputed "patches" [B, C, K+1, P, patch_dim] instead of
+        frames, and "state_known" [B, K] (False: the step's state is hidden, as for an imagined frame)."""
+        batch = {**batch, **{key: _pad_last(batch[key], dim) for key, dim in (
+            ("state", self.state_dim), ("state_mask", self.state_dim), ("actions", self.action_dim),
+            ("action_mask", self.action_dim))}}  # fmt: skip
+        k = batch["state"].shape[1]
+        lay = self.layout(self.noisy_steps(generator) if noisy_steps is None else noisy_steps, k)
+        b, length = len(batch["task"]), len(lay)
+        ids = torch.full((b, length), Vocab.PAD, dtype=torch.long)
+        valid = torch.ones(b, length, dtype=torch.bool)
+        targets = torch.full((b, length), IGNORE, dtype=torch.long)
+        target_kind = torch.zeros(b, length, dtype=torch.long)
+        ids[:, 0] = Vocab.BOS
+        ids[:, 1] = torch.tensor([self.vocab.embodiment(self._embodiment_id(e)) for e in batch["embodiment"]])
+
+        text, text_valid = self.text_tokens(batch["task"])
+        ids[:, lay.text_index], valid[:, lay.text_index] = text, text_valid
+        targets[:, lay.text_index - 1] = torch.where(text_valid, text, IGNORE)
+        target_kind[:, lay.text_index - 1] = TARGET_TEXT
+
+        act, act_valid, act_loss = self.action_tokens(batch["actions"], batch["action_mask"], batch["embodiment"])
+        ids[:, lay.act_index], valid[:, lay.act_index] = act, act_valid  # (B, K, A)
+        targets[:, lay.act_index - 1] = torch.where(act_loss, act, IGNORE)
+        target_kind[:, lay.act_index - 1] = TARGET_ACTION
+
+        patches = torch.zeros(b, length, self.image.patch_dim())
+        x = batch["patches"] if "patches" in batch else self.image.encode(batch[self.image.input_key])  # (B, C, K+1, P, pd)
+        cams = batch["camera_mask"]  # (B, C)
+        obs = lay.obs_index.reshape(k, len(self.cameras), self.patches)  # (K, C, P)
+        patches[:, obs] = x[:, :, :k].transpose(1, 2)  # (B, K, C, P, patch_dim)
+        valid[:, obs] = cams[:, None, :, None]
+        noisy_steps = [int(g) for g in lay.group[lay.noisy_index[:, 0]]] if len(lay.noisy_index) else []
+        frame_x0 = x[:, :, noisy_steps].transpose(1, 2).flatten(1, 3)  # (B, n*C*P, patch_dim)
+        frame_valid = cams[:, None, :, None].expand(b, len(noisy_steps), -1, self.patches).flatten(1)
+        valid[:, lay.noisy_index.reshape(-1)] = frame_valid
+
+        state = torch.zeros(b, length, 2 * self.state_dim)
+        state[:, lay.state_index] = self.state_inputs(batch["state"], batch["state_mask"], batch["embodiment"],
+                                                      batch.get("state_known"), generator)  # fmt: skip
+
+        meta = TokenMeta(*(torch.from_numpy(a).expand(b, -1) for a in (lay.block, lay.group)), valid)
+        return Sequence(
+            ids=ids,
+            modality=torch.from_numpy(lay.modality).expand(b, -1),
+            camera=torch.from_numpy(lay.camera).expand(b, -1),
+            patch=torch.from_numpy(lay.patch).expand(b, -1),
+            patches=patches,
+            state=state,
+            noise_level=torch.zeros(b, length),
+            pos=torch.from_numpy(lay.pos).expand(b, -1),
+            meta=meta,
+            targets=targets,
+            target_kind=target_kind,
+            frame_x0=frame_x0,
+            frame_valid=frame_valid,
+            noisy_index=torch.from_numpy(lay.noisy_index.reshape(-1)),
+            noisy_block=torch.arange(len(noisy_steps)).repeat_interleave(len(self.cameras) * self.patches),
+        )
+
+    def _embodiment_id(self, name: str) -> int:
+        try:
+            return self.embodiments.index(name)
+        except ValueError:
+            raise UsageError(f"embodiment {name!r} is not one of the model's {self.embodiments}") from None
+
+    def text_tokens(self, tasks: list[str]) -> tuple[Tensor, Tensor]:
+        """ids [B, text_len] (task text, EOT, PAD) and their validity."""
+        rows = []
+        for task in tasks:
+            if task not in self._text_cache:
+                ids = [self.vocab.text_offset + i for i in self.text.encode(task)[: self.cfg.text_len - 1]]
+                self._text_cache[task] = ids + [Vocab.EOT]
+            rows.append(self._text_cache[task])
+        ids = torch.full((len(tasks), self.cfg.text_len), Vocab.PAD, dtype=torch.long)
+        for i, row in enumerate(rows):
+            ids[i, : len(row)] = torch.tensor(row)
+        return ids, ids != Vocab.PAD
+
+    def state_inputs(self, state: Tensor, state_mask: Tensor, embodiments: list[str], known: Tensor | None = None,
+                     generator: torch.Generator | None = None) -> Tensor:  # fmt: skip
+        """[B, K, 2*Ds]: normalized state (padded dims 0) and the dimension mask; hidden steps are all zero
+        (those not `known`, and in training a state_dropout fraction)."""
+        norm = torch.stack([self.state_norm.normalize(s, e) for s, e in zip(state, embodiments, strict=True)])
+        mask = state_mask[:, None, :].expand_as(norm).float()
+        out = torch.cat([norm * mask, mask], dim=-1)
+        if known is not None:
+            out = out * known[..., None]
+        if self.cfg.state_dropout > 0 and known is None:
+            keep = torch.rand(out.shape[:2], generator=generator) >= self.cfg.state_dropout
+            out = out * keep[..., None]
+        return out
+
+    def action_tokens(self, actions: Tensor, action_mask: Tensor, embodiments: list[str]) -> tuple[Tensor, Tensor, Tensor]:
+        """ids, valid (may be attended to), loss (is a target) [B, K, A] of each step's action chunk.
+        Binning: one slot per step and dimension; padded dimensions are PAD, unseen and without loss.
+        FAST: the chunk's tokens, EOA, then PAD. An episode without actions: NO_ACTION in slot 0, no loss."""
+        b, k = actions.shape[:2]
+        ids = torch.full((b, k, self.action_len), Vocab.PAD, dtype=torch.long)
+        has = action_mask.any(dim=1)
+        norm = torch.stack([self.action_norm.normalize(a, e) if h else torch.zeros_like(a)
+                            for a, e, h in zip(actions, embodiments, has, strict=True)])  # fmt: skip
+        if self.binning:
+            ids[:] = self.actions.encode(norm) + self.vocab.action_offset  # (B, K, s*Da), step-major
+            dims = action_mask[:, None, None, :].expand(b, k, self.cfg.stride, -1).reshape(b, k, -1)
+            ids[~dims] = Vocab.PAD
+            loss = dims.clone()
+        else:
+            chunks = self.actions.encode_batch(norm.flatten(0, 1).numpy())
+            loss = torch.zeros_like(ids, dtype=torch.bool)
+            for i, tokens in enumerate(chunks):
+                row = [self.vocab.action_offset + t for t in tokens][: self.action_len - 1] + [Vocab.EOA]
+                self.truncated_chunks += len(tokens) > self.action_len - 1
+                ids[i // k, i % k, : len(row)] = torch.tensor(row)
+                loss[i // k, i % k, : len(row)] = True
+        ids[~has] = Vocab.PAD
+        ids[~has, :, 0] = Vocab.NO_ACTION
+        loss[~has] = False
+        return ids, ids != Vocab.PAD, loss
+
+
+def _pad_last(x: Tensor, n: int) -> Tensor:
+    """x padded with zeros (False) along its last dimension to n entries (an embodiment with fewer dims)."""
+    if x.shape[-1] > n:
+        raise UsageError(f"got {x.shape[-1]} dimensions where the model has at most {n}")
+    return torch.nn.functional.pad(x, (0, n - x.shape[-1])) if x.shape[-1] < n else x

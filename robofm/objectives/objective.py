@@ -1,0 +1,72 @@
+"""The pretraining objective: L = w_action L_action + w_text L_text + w_frame L_frame + w_z L_z, in one forward
+pass (no token attends to a NOISY block, so the token losses see only the clean stream)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from robofm.models.layout import OBS
+from robofm.models.robofm import RobofmModel
+from robofm.models.sequence import Sequence
+from robofm.objectives.flow_matching import FrameDiffusion
+from robofm.objectives.next_token import target_positions, token_losses
+
+
+@dataclass
+class ObjectiveConfig:
+    """Loss weights; the frame diffusion (flow | ddpm) and its logit-normal time density; context_noise: the
+    largest std of Gaussian noise added to context (OBS) patches, drawn uniformly per sample, which makes long
+    imagined rollouts (that feed back their own imperfect frames) drift less; sampler_steps at inference."""
+
+    action_weight: float = 1.0
+    text_weight: float = 0.0
+    frame_weight: float = 1.0
+    z_loss_weight: float = 1e-4
+    frame_diffusion: str = "flow"
+    logit_mean: float = 0.0
+    logit_std: float = 1.0
+    context_noise: float = 0.0
+    sampler_steps: int = 10
+
+
+class Objective:
+    def __init__(self, cfg: ObjectiveConfig) -> None:
+        self.cfg = cfg
+        self.diffusion = FrameDiffusion(cfg.frame_diffusion, cfg.logit_mean, cfg.logit_std)
+
+    def noised(self, seq: Sequence, generator: torch.Generator | None = None) -> tuple[Sequence, Tensor]:
+        """The sequence with its NOISY blocks filled (one time per sample and block), and the frame target."""
+        b, n = seq.frame_x0.shape[:2]
+        blocks = int(seq.noisy_block.max()) + 1 if n else 0
+        t = self.diffusion.draw_times((b, blocks), generator).to(seq.frame_x0.device)[:, seq.noisy_block]  # (B, N)
+        noise = torch.randn(seq.frame_x0.shape, generator=generator).to(seq.frame_x0.device)
+        x_t, target = self.diffusion.add_noise(seq.frame_x0, t, noise)
+        patches, level = seq.patches.clone(), seq.noise_level.clone()
+        patches[:, seq.noisy_index], level[:, seq.noisy_index] = x_t, t
+        if self.cfg.context_noise > 0:
+            std = torch.rand(b, 1, 1, generator=generator).to(patches.device) * self.cfg.context_noise
+            obs = (seq.modality == OBS)[..., None]
+            patches = patches + obs * std * torch.randn(patches.shape, generator=generator).to(patches.device)
+        return dataclasses.replace(seq, patches=patches, noise_level=level), target
+
+    def __call__(self, model: RobofmModel, seq: Sequence, generator: torch.Generator | None = None) -> dict[str, Tensor]:
+        """Losses (total, action, text, frame, z) and action_accuracy, each a scalar tensor."""
+        seq, frame_target = self.noised(seq, generator)
+        h = model(seq)
+        sel = target_positions(seq.targets)
+        out = token_losses(model.token_logits(h[sel]), seq.targets[sel], seq.target_kind[sel])
+        if len(seq.noisy_index):
+            pred = model.frame_velocity(h[:, seq.noisy_index]).float()  # (B, N, patch_dim)
+            err = (pred - frame_target.float()).pow(2).mean(-1)
+            valid = seq.frame_valid.float()
+            out["frame"] = (err * valid).sum() / valid.sum().clamp(min=1)
+        else:
+            out["frame"] = h.new_zeros((), dtype=torch.float32)
+        c = self.cfg
+        out["total"] = (c.action_weight * out["action"] + c.text_weight * out["text"] + c.frame_weight * out["frame"]
+                        + c.z_loss_weight * out["z"])  # fmt: skip
+        return out

@@ -1,0 +1,76 @@
+"""Inference: the policy's action chunks and imagined frames, with and without the KV cache."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from robofm.models.sampling import imagine, predict_action_chunk
+from robofm.objectives.flow_matching import FrameDiffusion
+from tests.models.conftest import WINDOW, batch_of, make_builder, make_model, make_store
+
+
+def observed(batch: dict, steps: int = WINDOW) -> dict:
+    """The batch as a policy sees it: `steps` observations, no target frame."""
+    return {**batch, "frames": batch["frames"][:, :, :steps], "state": batch["state"][:, :steps],
+            "actions": batch["actions"][:, :steps]}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def fast(tmp_path_factory):
+    return make_builder(make_store(tmp_path_factory.mktemp("fast") / "store"), action="fast")
+
+
+@pytest.mark.parametrize("kind", ["binning", "fast"])
+@pytest.mark.parametrize("steps", [1, WINDOW])
+def test_action_chunk_is_the_same_with_and_without_cache(tiny, fast, kind, steps, one_thread):
+    ds, builder = tiny if kind == "binning" else fast
+    model = make_model(builder)
+    batch = observed(batch_of(ds, 3), steps)
+    for temperature in (0.0, 1.0):
+        a = predict_action_chunk(model, builder, batch, temperature=temperature,
+                                 generator=torch.Generator().manual_seed(3))  # fmt: skip
+        b = predict_action_chunk(model, builder, batch, temperature=temperature,
+                                 generator=torch.Generator().manual_seed(3), use_cache=False)  # fmt: skip
+        assert a.shape == (3, builder.cfg.stride, builder.action_dim)
+        torch.testing.assert_close(a, b)
+
+
+def test_action_chunk_is_in_robot_units_and_reproducible(tiny, one_thread):
+    ds, builder = tiny
+    model = make_model(builder)
+    batch = observed(batch_of(ds, 2))
+    chunk = predict_action_chunk(model, builder, batch, temperature=1.0, generator=torch.Generator().manual_seed(0))
+    again = predict_action_chunk(model, builder, batch, temperature=1.0, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(chunk, again)
+    lo, hi = builder.action_norm.bounds["arm"]
+    assert (chunk.numpy() >= lo - 1e-5).all() and (chunk.numpy() <= hi + 1e-5).all()  # binning decodes inside q01..q99
+    assert not np.allclose(lo, hi)
+
+
+@pytest.mark.parametrize("kind", ["flow", "ddpm"])
+def test_imagined_frames_are_the_same_with_and_without_cache(tiny, kind, one_thread):
+    ds, builder = tiny
+    model = make_model(builder)
+    batch = batch_of(ds, 2)
+    context = observed(batch, 2)
+    future = batch["actions"][:, 1:].repeat(1, 2, 1, 1)  # 4 chunks: the rollout goes past the window of 3 steps
+    runs = [imagine(model, builder, FrameDiffusion(kind), context, future, sampler_steps=3,
+                    generator=torch.Generator().manual_seed(0), use_cache=cache) for cache in (True, False)]  # fmt: skip
+    assert runs[0].shape == (2, 4, 2, builder.patches, builder.image.patch_dim())
+    torch.testing.assert_close(runs[0], runs[1], atol=1e-4, rtol=1e-4)
+    frames = builder.image.to_uint8(builder.image.decode(runs[0], builder.frame_shape))
+    assert frames.shape == (2, 4, 2, 8, 8, 3) and frames.dtype == torch.uint8
+
+
+def test_imagined_frames_depend_on_actions(tiny, one_thread):
+    """Through the NOISY block's view of ACT_t, the action chunk changes what is imagined."""
+    ds, builder = tiny
+    model = make_model(builder)
+    batch = batch_of(ds, 2)
+    context, future = observed(batch, 2), batch["actions"][:, 1:2]
+    a = imagine(model, builder, FrameDiffusion(), context, future, sampler_steps=2, generator=torch.Generator().manual_seed(0))
+    b = imagine(model, builder, FrameDiffusion(), context, -future, sampler_steps=2,
+                generator=torch.Generator().manual_seed(0))  # fmt: skip
+    assert not torch.allclose(a, b)
