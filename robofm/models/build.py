@@ -4,7 +4,7 @@ and size a model for it."""
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -41,7 +41,9 @@ class TokenizerConfig:
 
 def build_sequence_builder(dataset, seq: SequenceConfig, tok: TokenizerConfig) -> SequenceBuilder:
     """Tokenizers, normalizers and layout for an EpisodeWindowDataset (statistics of all its stores, merged per
-    embodiment). A FAST tokenizer is fitted here on action chunks drawn from the dataset."""
+    embodiment). A FAST tokenizer is fitted here on action chunks drawn from the dataset; with
+    seq.action_tokens 0 its chunks get 1.25x the slots of the longest fitted chunk (longer ones are cut and
+    decode through the tokenizer's fallback)."""
     if (dataset.window_len, dataset.stride) != (seq.window_len, seq.stride):
         raise UsageError(f"the dataset gives windows of {dataset.window_len} steps at stride {dataset.stride}; the "
                          f"sequence expects {seq.window_len} at {seq.stride}")  # fmt: skip
@@ -56,7 +58,11 @@ def build_sequence_builder(dataset, seq: SequenceConfig, tok: TokenizerConfig) -
         frame_shape = (*dataset.frame_size, 3)
     if tok.action == "fast":
         actions = build_action_tokenizer("fast", scale=tok.fast_scale, vocab_size=tok.fast_vocab_size)
-        actions.fit(_action_chunks(dataset, action_norm, tok.fast_fit_chunks))
+        chunks = np.stack(list(_action_chunks(dataset, action_norm, tok.fast_fit_chunks)))
+        actions.fit(chunks)
+        if not seq.action_tokens:  # room for the longest chunk seen, a quarter more, and EOA
+            longest = max(len(t) for t in actions.encode_batch(chunks))
+            seq = replace(seq, action_tokens=int(np.ceil(1.25 * longest)) + 1)
     else:
         actions = build_action_tokenizer("binning", n_bins=tok.n_bins)
     text = build_text_tokenizer(tok.text, tok.text_path)

@@ -8,6 +8,7 @@ It runs as the DataLoader's collate_fn, so tokenization happens in the loader's 
 from __future__ import annotations
 
 import dataclasses
+import logging
 from dataclasses import dataclass
 
 import torch
@@ -18,6 +19,7 @@ from robofm.errors import UsageError
 from robofm.models.backbone import TokenMeta
 from robofm.models.layout import Layout, Vocab
 
+log = logging.getLogger(__name__)
 IGNORE = -100  # target of a position with no token loss
 TARGET_TEXT, TARGET_ACTION = 1, 2
 
@@ -110,8 +112,8 @@ class SequenceBuilder:
             raise UsageError(f"{len(self.embodiments)} embodiments but the vocabulary has {vocab.max_embodiments} slots")
         self.binning = not hasattr(actions, "encode_batch")
         self.action_len = cfg.stride * action_dim if self.binning else cfg.action_tokens
-        if self.action_len < 1:
-            raise UsageError("FAST action tokens need sequence.action_tokens > 0 slots per chunk")
+        if self.action_len < 2:
+            raise UsageError("FAST action chunks need sequence.action_tokens >= 2 slots (tokens and EOA)")
         gh, gw = image.grid(self.frame_shape)
         self.patches = gh * gw
         self._text_cache: dict[str, list[int]] = {}
@@ -252,7 +254,11 @@ class SequenceBuilder:
             loss = torch.zeros_like(ids, dtype=torch.bool)
             for i, tokens in enumerate(chunks):
                 row = [self.vocab.action_offset + t for t in tokens][: self.action_len - 1] + [Vocab.EOA]
-                self.truncated_chunks += len(tokens) > self.action_len - 1
+                if len(tokens) > self.action_len - 1:
+                    self.truncated_chunks += 1
+                    log.warning("a FAST action chunk of %d tokens is cut to %d slots (%d so far in this process); it "
+                                "decodes without its highest frequencies: raise sequence.action_tokens",
+                                len(tokens), self.action_len - 1, self.truncated_chunks)  # fmt: skip
                 ids[i // k, i % k, : len(row)] = torch.tensor(row)
                 loss[i // k, i % k, : len(row)] = True
         ids[~has] = Vocab.PAD

@@ -35,8 +35,7 @@ def make_store(root: Path, n: int = 4, length: int = 16, **kw) -> Path:
 
 def make_builder(stores, *, noisy="all", **tok) -> tuple[EpisodeWindowDataset, object]:
     ds = EpisodeWindowDataset(stores, WINDOW, STRIDE, split=None)
-    seq = SequenceConfig(window_len=WINDOW, stride=STRIDE, noisy=noisy, text_len=8,
-                         action_tokens=12 if tok.get("action") == "fast" else 0)  # fmt: skip
+    seq = SequenceConfig(window_len=WINDOW, stride=STRIDE, noisy=noisy, text_len=8)
     tok = TokenizerConfig(**{"patch_size": 4, "fast_vocab_size": 300, "fast_fit_chunks": 64, **tok})
     return ds, build_sequence_builder(ds, seq, tok)
 

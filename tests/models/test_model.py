@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from robofm.models.build import load_sequence_builder, save_sequence_builder
+from robofm.models.build import load_sequence_builder, model_config, save_sequence_builder
 from robofm.models.config import SIZES, ModelConfig
 from robofm.models.layout import Vocab
 from robofm.models.robofm import RobofmModel
@@ -127,3 +127,27 @@ def test_overfit_one_batch(tiny, diffusion, one_thread):
         first = first or last
     assert last["action"] < first["action"] / 10, (first, last)
     assert last["frame"] < first["frame"] / 10, (first, last)
+
+
+def test_sizes_table_is_printed_for_a_store(tiny, capsys):
+    from robofm.models.__main__ import main
+
+    ds, builder = tiny
+    main(["--store", str(ds.stores[0].root), "--patch-size", "4"])
+    out = capsys.readouterr().out
+    debug = RobofmModel(model_config(builder, "debug")).num_parameters()
+    assert all(size in out for size in SIZES) and f"{debug / 1e6:,.2f}M" in out
+
+
+def test_noised_fills_noisy_blocks_and_context_noise_touches_only_observations(tiny):
+    from robofm.models.layout import NOISY, OBS
+
+    ds, builder = tiny
+    seq = builder.build(batch_of(ds, 2))
+    for context_noise in (0.0, 0.5):
+        noised, target = Objective(ObjectiveConfig(context_noise=context_noise)).noised(seq, torch.Generator().manual_seed(0))
+        moved = (noised.patches != seq.patches).any(-1)[0]
+        kinds = seq.modality[0]
+        assert moved[kinds == NOISY].all() and not moved[(kinds != NOISY) & (kinds != OBS)].any()
+        assert moved[kinds == OBS].any() == (context_noise > 0)
+        assert (noised.noise_level[0, kinds == NOISY] > 0).all() and target.shape == seq.frame_x0.shape

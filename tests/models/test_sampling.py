@@ -74,3 +74,15 @@ def test_imagined_frames_depend_on_actions(tiny, one_thread):
     b = imagine(model, builder, FrameDiffusion(), context, -future, sampler_steps=2,
                 generator=torch.Generator().manual_seed(0))  # fmt: skip
     assert not torch.allclose(a, b)
+
+
+def test_fast_chunks_fit_their_slots_and_end_with_eoa(fast):
+    from robofm.models.layout import Vocab
+
+    ds, builder = fast
+    seq = builder.build(batch_of(ds, 4))
+    slots = seq.ids[:, builder.layout(builder.noisy_steps()).act_index]  # (B, K, A)
+    assert builder.truncated_chunks == 0
+    ends = (slots == Vocab.EOA).float().argmax(-1)
+    assert ((slots == Vocab.EOA).sum(-1) == 1).all() and (ends >= 1).all()
+    assert ((slots >= builder.vocab.action_offset).sum(-1) == ends).all()  # the tokens, then EOA, then PAD
