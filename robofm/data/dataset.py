@@ -41,6 +41,7 @@ class EpisodeWindowDataset(torch.utils.data.Dataset):
       actions       float32 [K, s, Da]          action_mask bool [Da] (all False: an action-free episode)
       frame_index   int64   [K+1]               (times are frame_index / store fps)
       task, embodiment, episode_id: str; store: int (index into `stores`)
+      key           int64: the sample's key (see sample_key)
       latents       float16 [C, K+1, c, h, w]   only with latents=True: the VAE latents of `frames`, stored by
                                                 `robofm-convert --latents` (zeros for a camera the store lacks)
     State and actions are in robot units; normalization uses `stats(store, embodiment)`.
@@ -128,11 +129,16 @@ class EpisodeWindowDataset(torch.utils.data.Dataset):
     def stats(self, store: int, embodiment: str) -> dict:
         return self.stores[store].stats[embodiment]
 
-    def locate(self, index: int) -> tuple[int, EpisodeInfo, int]:
-        """(store, episode, first frame) of item `index` of this rank in the current epoch."""
+    def sample_key(self, index: int) -> int:
+        """The 64-bit key of item `index` of this rank in the current epoch: it picks the window, and seeds the
+        randomness drawn for the sample in training (noise, diffusion times), whatever the worker or rank."""
         if not 0 <= index < len(self):
             raise IndexError(f"index {index} out of range for {len(self)} samples")
-        key = _mix(_mix(_mix(self.seed) ^ self.epoch) ^ (self.rank + index * self.world_size))
+        return _mix(_mix(_mix(self.seed) ^ self.epoch) ^ (self.rank + index * self.world_size))
+
+    def locate(self, index: int) -> tuple[int, EpisodeInfo, int]:
+        """(store, episode, first frame) of item `index` of this rank in the current epoch."""
+        key = self.sample_key(index)
         s = bisect.bisect_right(self._cum_weights, _mix(key ^ 1) / 2.0**64)
         s = min(s, len(self.stores) - 1)
         w = _mix(key ^ 2) % int(self.cum_windows[s][-1])
@@ -142,7 +148,8 @@ class EpisodeWindowDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> dict:
         s, info, start = self.locate(index)
-        return self.read_window(s, info, start)
+        key = self.sample_key(index)
+        return {**self.read_window(s, info, start), "key": key - 2**64 if key >= 2**63 else key}  # as int64
 
     def read_window(self, s: int, info: EpisodeInfo, start: int) -> dict:
         k, stride = self.window_len, self.stride

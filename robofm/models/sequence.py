@@ -35,6 +35,7 @@ class Sequence:
     targets [B, L]: the token id position i must predict (IGNORE: none); target_kind [B, L] text or action.
     frame_x0 [B, N, patch_dim] the clean patches NOISY tokens predict, at noisy_index [N] (flattened NOISY
     blocks), noisy_block [N] which block each belongs to; frame_valid [B, N] (False: missing camera).
+    sample_key [B] int64 seeds each sample's training noise (the dataset's key, or random without one).
     """
 
     ids: Tensor
@@ -52,6 +53,7 @@ class Sequence:
     frame_valid: Tensor
     noisy_index: Tensor
     noisy_block: Tensor
+    sample_key: Tensor
 
     def to(self, device: torch.device | str) -> Sequence:
         moved = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
@@ -149,6 +151,8 @@ class SequenceBuilder:
             ("state", self.state_dim), ("state_mask", self.state_dim), ("actions", self.action_dim),
             ("action_mask", self.action_dim))}}  # fmt: skip
         k = batch["state"].shape[1]
+        if generator is None and "key" in batch:  # the batch's random choices follow from its samples' keys
+            generator = torch.Generator().manual_seed(int(torch.as_tensor(batch["key"])[0]) & (2**63 - 1))
         lay = self.layout(self.noisy_steps(generator) if noisy_steps is None else noisy_steps, k)
         b, length = len(batch["task"]), len(lay)
         ids = torch.full((b, length), Vocab.PAD, dtype=torch.long)
@@ -200,6 +204,7 @@ class SequenceBuilder:
             frame_valid=frame_valid,
             noisy_index=torch.from_numpy(lay.noisy_index.reshape(-1)),
             noisy_block=torch.arange(len(noisy_steps)).repeat_interleave(len(self.cameras) * self.patches),
+            sample_key=torch.as_tensor(batch["key"]) if "key" in batch else torch.randint(-(2**62), 2**62, (b,)),
         )
 
     def _embodiment_id(self, name: str) -> int:

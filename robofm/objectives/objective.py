@@ -39,18 +39,25 @@ class Objective:
         self.diffusion = FrameDiffusion(cfg.frame_diffusion, cfg.logit_mean, cfg.logit_std)
 
     def noised(self, seq: Sequence, generator: torch.Generator | None = None) -> tuple[Sequence, Tensor]:
-        """The sequence with its NOISY blocks filled (one time per sample and block), and the frame target."""
+        """The sequence with its NOISY blocks filled (one time per sample and block), and the frame target.
+        Without a generator each sample draws from its own sample_key, so a sample gets the same noise whatever
+        the batch, worker or rank it lands in (resumed and distributed runs reproduce single-process ones)."""
         b, n = seq.frame_x0.shape[:2]
         blocks = int(seq.noisy_block.max()) + 1 if n else 0
-        t = self.diffusion.draw_times((b, blocks), generator).to(seq.frame_x0.device)[:, seq.noisy_block]  # (B, N)
-        noise = torch.randn(seq.frame_x0.shape, generator=generator).to(seq.frame_x0.device)
+        gens = [generator] * b if generator is not None else [
+            torch.Generator().manual_seed(int(k) & (2**63 - 1)) for k in seq.sample_key.tolist()]  # fmt: skip
+        t = torch.stack([self.diffusion.draw_times((blocks,), g) for g in gens])
+        noise = torch.stack([torch.randn(seq.frame_x0.shape[1:], generator=g) for g in gens])
+        device = seq.frame_x0.device
+        t, noise = t.to(device)[:, seq.noisy_block], noise.to(device)  # (B, N), (B, N, patch_dim)
         x_t, target = self.diffusion.add_noise(seq.frame_x0, t, noise)
         patches, level = seq.patches.clone(), seq.noise_level.clone()
-        patches[:, seq.noisy_index], level[:, seq.noisy_index] = x_t, t
+        patches[:, seq.noisy_index], level[:, seq.noisy_index] = x_t.to(patches.dtype), t
         if self.cfg.context_noise > 0:
-            std = torch.rand(b, 1, 1, generator=generator).to(patches.device) * self.cfg.context_noise
             obs = (seq.modality == OBS)[..., None]
-            patches = patches + obs * std * torch.randn(patches.shape, generator=generator).to(patches.device)
+            for i, g in enumerate(gens):
+                std = float(torch.rand((), generator=g)) * self.cfg.context_noise
+                patches[i] += obs[i] * std * torch.randn(patches.shape[1:], generator=g).to(device)
         return dataclasses.replace(seq, patches=patches, noise_level=level), target
 
     def __call__(self, model: RobofmModel, seq: Sequence, generator: torch.Generator | None = None) -> dict[str, Tensor]:
