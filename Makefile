@@ -1,4 +1,4 @@
-# robofm: `make demo` runs the main job on the embedded demo dataset, `make test` the whole test suite.
+# robofm: `make demo` converts the embedded demo dataset and pretrains on it, `make test` the whole test suite.
 # Both create .venv (Python 3.12) and install robofm into it when needed.
 
 SHELL := /bin/bash
@@ -20,8 +20,13 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e ".[dev]"
 	touch $@
 
+# Convert the demo dataset (once), then pretrain the small model on it for a bounded time on the CPU. A second
+# `make demo` continues the same run from its latest checkpoint (resume=auto) until trainer.max_steps.
 demo: $(VENV)/.installed
-	$(VENV)/bin/robofm-convert lerobot $(DEMO_SRC) --out $(DEMO_OUT)/store --overwrite --workers 2
+	test -f $(DEMO_OUT)/store/manifest.json || \
+	  $(VENV)/bin/robofm-convert lerobot $(DEMO_SRC) --out $(DEMO_OUT)/store --overwrite --workers 2
+	$(VENV)/bin/robofm-train experiment=demo data.path=$(DEMO_OUT)/store hydra.run.dir=$(DEMO_OUT)/run resume=auto
+	@echo "demo run: $(DEMO_OUT)/run (metrics.jsonl, tensorboard/, checkpoints/, export/)"
 
 test: $(VENV)/.installed
 	$(VENV)/bin/pytest -q

@@ -11,8 +11,6 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-from diffusers import DDIMScheduler, DDPMScheduler, FlowMatchEulerDiscreteScheduler
-from diffusers.training_utils import compute_density_for_timestep_sampling
 from torch import Tensor
 
 from robofm.errors import UsageError
@@ -28,14 +26,15 @@ class FrameDiffusion:
             raise UsageError(f"objective.frame_diffusion must be flow or ddpm, not {kind!r}")
         self.kind, self.logit_mean, self.logit_std = kind, logit_mean, logit_std
         if kind == "ddpm":
+            from diffusers import DDPMScheduler  # diffusers takes seconds to import: only when used
+
             self.train_scheduler = DDPMScheduler(num_train_timesteps=TRAIN_STEPS)
 
     def draw_times(self, shape: tuple[int, ...], generator: torch.Generator | None = None) -> Tensor:
         """Diffusion times in [0, 1] (flow: logit-normal; ddpm: uniform over the discrete steps)."""
         n = int(torch.Size(shape).numel())
-        if self.kind == "flow":
-            t = compute_density_for_timestep_sampling("logit_normal", n, self.logit_mean, self.logit_std,
-                                                      generator=generator)  # fmt: skip
+        if self.kind == "flow":  # logit-normal: sigmoid of a normal draw (as diffusers' SD3 training samples it)
+            t = torch.sigmoid(self.logit_mean + self.logit_std * torch.randn(n, generator=generator))
         else:
             t = torch.randint(0, TRAIN_STEPS, (n,), generator=generator).float() / TRAIN_STEPS
         return t.reshape(shape)
@@ -52,6 +51,8 @@ class FrameDiffusion:
     def sample(self, denoise: Callable[[Tensor, Tensor], Tensor], shape: tuple[int, ...], steps: int,
                generator: torch.Generator | None = None, device: torch.device | str = "cpu") -> Tensor:  # fmt: skip
         """x0 [*shape] from pure noise in `steps` sampler steps; denoise(x_t, t in [0, 1]) -> the model output."""
+        from diffusers import DDIMScheduler, FlowMatchEulerDiscreteScheduler
+
         if self.kind == "flow":
             scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=TRAIN_STEPS)
         else:

@@ -1,0 +1,1 @@
+"""robofm.train: the training command, its configuration, checkpoints and parallelism."""

@@ -1,0 +1,42 @@
+"""`robofm-train` (or `python -m robofm.train`, which torchrun launches): a Hydra application.
+
+    robofm-train experiment=demo
+    robofm-train experiment=debug data.path=STORE trainer.max_steps=20 hydra.run.dir=DIR
+    torchrun --nproc_per_node=4 -m robofm.train experiment=demo trainer=ddp
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+from robofm.errors import RobofmError
+from robofm.train.config import TrainConfig, register
+
+register()
+
+
+@hydra.main(config_path="../conf", config_name="train", version_base="1.3")
+def run(cfg: DictConfig) -> None:
+    from robofm.train.loop import Trainer  # after Hydra has parsed the command line: `--help` stays fast
+
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    try:
+        typed: TrainConfig = OmegaConf.to_object(cfg)  # checks choices and ranges (UsageError naming the key)
+        Trainer(typed, run_dir, OmegaConf.to_yaml(cfg, resolve=True)).fit()
+    except RobofmError as e:
+        logging.getLogger("robofm").error("%s", e)
+        sys.exit(2)
+
+
+def main() -> None:
+    run()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,42 @@
+"""A debug run learns, logs what a user reads (metrics.jsonl, TensorBoard), and exports a base that loads back
+into the same model."""
+
+from __future__ import annotations
+
+import torch
+
+from robofm.train.export import load_pretrained
+from tests.train.conftest import TINY, read_metrics, step_losses, train_in_process
+
+
+def test_debug_run_lowers_the_loss_logs_it_and_exports_the_model(tmp_path, tiny_store):
+    run = tmp_path / "run"
+    trainer = train_in_process(run, TINY + [f"data.path={tiny_store}", "trainer.max_steps=50", "trainer.log_every=1",
+                                            "optim.lr=1e-3", "trainer.tensorboard=true"])  # fmt: skip
+    losses = list(step_losses(run).values())
+    assert len(losses) == 50
+    assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5 - 0.5, losses
+    first = read_metrics(run)[0]
+    assert first["step"] == 1
+    assert {"loss", "action", "frame", "grad_norm", "lr", "tokens_per_s", "data_wait"} <= first.keys()
+    assert list((run / "tensorboard").glob("events.out.tfevents.*"))
+    assert (run / "checkpoints" / "latest").read_text() == "step-00000050"
+
+    pretrained = load_pretrained(run)
+    items = [trainer.train_ds[i] for i in range(3)]
+    seq, again = trainer.builder(items), pretrained.builder(items)  # the exported tokenization tokenizes alike
+    assert all(torch.equal(getattr(seq, k), getattr(again, k)) for k in ("ids", "patches", "state", "targets"))
+    model = trainer.model.eval()
+    with torch.no_grad():
+        assert torch.equal(pretrained.model(again), model(seq))
+        assert torch.equal(pretrained.model.token_logits(pretrained.model(again)), model.token_logits(model(seq)))
+
+
+def test_ema_weights_are_exported_when_kept(tmp_path, tiny_store):
+    run = tmp_path / "run"
+    trainer = train_in_process(run, TINY + [f"data.path={tiny_store}", "trainer.max_steps=4", "optim.ema=0.5"])
+    exported = load_pretrained(run).model.state_dict()
+    assert (run / "checkpoints" / "step-00000004" / "ema.safetensors").is_file()
+    for name in trainer.model.state_dict():
+        assert torch.equal(exported[name], trainer.ema[name])
+    assert any(not torch.equal(exported[n], w) for n, w in trainer.model.state_dict().items())
