@@ -1,0 +1,1 @@
+"""robofm-eval: held-out metrics of a pretrained model (actions and imagined frames) against baselines."""

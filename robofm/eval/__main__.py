@@ -1,0 +1,90 @@
+"""`robofm-eval checkpoint=PATH data.path=STORE [split=val] [out=FILE.json] [seed=0] [batches=8] [batch_size=4]
+[horizons=1,4,16] [sampler_steps=10] [frame_diffusion=flow|ddpm] [device=cpu]`: held-out metrics against
+baselines, printed as a table and written as JSON (see robofm.eval.evaluate). Bad input exits with status 2 and a one-line error."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from rich.console import Console
+from rich.table import Table
+
+from robofm.errors import RobofmError
+from robofm.eval.evaluate import ACTION_METHODS, FRAME_METHODS, EvalConfig, evaluate
+
+KEYS = {"checkpoint": str, "data.path": str, "split": str, "out": str, "seed": int, "batches": int,
+        "batch_size": int, "horizons": lambda v: tuple(int(h) for h in v.split(",") if h.strip()),
+        "sampler_steps": int, "frame_diffusion": str, "device": str}  # fmt: skip
+
+
+def parse_args(argv: list[str], parser: argparse.ArgumentParser) -> EvalConfig:
+    """key=value tokens -> EvalConfig; parser.error (exit 2) on an unknown key, a bad value or a missing one."""
+    values = {}
+    for token in parser.parse_args(argv).overrides:
+        key, sep, value = token.partition("=")
+        if not sep or key not in KEYS:
+            parser.error(f"expected key=value with key one of {', '.join(KEYS)}; got {token!r}")
+        try:
+            values[key] = KEYS[key](value)
+        except ValueError:
+            parser.error(f"bad value for {key}: {value!r}")
+    missing = [k for k in ("checkpoint", "data.path") if k not in values]
+    if missing:
+        parser.error(f"missing {' and '.join(f'{k}=...' for k in missing)}")
+    values["data_path"] = values.pop("data.path")
+    return EvalConfig(**values)
+
+
+def render(result: dict, console: Console) -> None:
+    """The result as two rich tables: actions, and the world model per horizon."""
+    act = result["actions"]
+    table = Table(title=f"Actions: chunk after {result['context_steps']} observations, {result['windows']} "
+                        f"{result['split']} windows (MSE in robot units; lower is better)")  # fmt: skip
+    table.add_column("embodiment")
+    table.add_column("dims", justify="right")
+    for m in ACTION_METHODS:
+        table.add_column(m, justify="right")
+    for emb, row in act["per_embodiment"].items():
+        means = [None if row[m] is None else sum(row[m]) / len(row[m]) for m in ACTION_METHODS]
+        table.add_row(emb, str(row["dims"]), *map(_fmt, means))
+    table.add_row("all", "", *(_fmt(act["mse"][m]) for m in ACTION_METHODS), style="bold")
+    table.caption = f"token accuracy {_fmt(act['token_accuracy'])}, action loss {_fmt(act['action_loss'])}"
+    console.print(table)
+    table = Table(title=f"World model: imagined frames ({result['frame_diffusion']}, {result['sampler_steps']} "
+                        "sampler steps; higher is better)")  # fmt: skip
+    columns = ("horizon", "metric", "model", "copy last", "shuffled actions", "model - shuffled", "model - copy last")
+    for name in columns:
+        table.add_column(name, justify="right")
+    for h, row in result["world_model"].items():
+        for metric in ("psnr", "ssim"):
+            table.add_row(h, metric.upper(), *(_fmt(row[m][metric]) for m in FRAME_METHODS),
+                          _fmt(row["shuffle_gap"][metric]), _fmt(row["gain_over_copy_last"][metric]))  # fmt: skip
+    console.print(table)
+    for note in result["notes"]:
+        console.print(f"[yellow]note:[/yellow] {note}")
+
+
+def _fmt(x: float | None) -> str:
+    return "-" if x is None else f"{x:.4g}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="robofm-eval", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    parser.add_argument("overrides", nargs="*", metavar="key=value")
+    cfg = parse_args(sys.argv[1:] if argv is None else argv, parser)
+    console = Console()
+    try:
+        result = evaluate(cfg, progress=True)
+    except RobofmError as e:
+        print(f"robofm-eval: error: {e}", file=sys.stderr)
+        return 2
+    render(result, console)
+    if cfg.out:
+        console.print(f"written to {cfg.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

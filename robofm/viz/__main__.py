@@ -1,0 +1,185 @@
+"""`robofm-viz` (or `python -m robofm.viz`): an imagined rollout beside the real episode, as videos, PNGs and one
+HTML report.
+
+    robofm-viz checkpoint=RUN_OR_EXPORT data.path=STORE episode=ep-000003 [start=0] [horizon=16] [out=DIR]
+               [sampler_steps=10] [seed=0] [what_if=scale:0.5|zero|file:PATH.npy]
+
+Writes into `out` (default outputs/viz/EPISODE-START): per camera rollout_CAM.mp4/.gif (real | imagined |
+|difference|), contact_CAM.png, with what_if also whatif_CAM.mp4/.gif (real | imagined | imagined under the edited
+actions); actions.png, psnr.png, metrics.json and report.html, whose path it prints. Exit status 2 on a usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from robofm.errors import RobofmError
+from robofm.viz.report import Report, Table, write_report
+
+log = logging.getLogger("robofm")
+
+KEYS = {"checkpoint": str, "data.path": str, "episode": str, "start": int, "horizon": int, "out": str,
+        "sampler_steps": int, "seed": int, "what_if": str}  # fmt: skip
+REQUIRED = ("checkpoint", "data.path", "episode")
+SAME_FRAMES_DB = 40.0  # what-if frames this close to the real-action ones get a note in the report
+DEFAULTS = {"start": 0, "horizon": 16, "out": None, "sampler_steps": 10, "seed": 0, "what_if": None}
+
+
+def parse_args(argv: list[str] | None = None) -> dict:
+    """key=value arguments into a dict of typed values; argparse's usage error (exit 2) for anything else."""
+    parser = argparse.ArgumentParser(prog="robofm-viz", formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     description=__doc__)  # fmt: skip
+    parser.add_argument("settings", nargs="*", metavar="key=value", help=f"keys: {', '.join(KEYS)}")
+    settings = parser.parse_args(argv).settings
+    out = dict(DEFAULTS)
+    for arg in settings:
+        key, sep, value = arg.partition("=")
+        if not sep or key not in KEYS:
+            parser.error(f"expected key=value with key one of {', '.join(KEYS)}; got {arg!r}")
+        try:
+            out[key] = KEYS[key](value)
+        except ValueError:
+            parser.error(f"{key} must be an integer, got {value!r}")
+    missing = [k for k in REQUIRED if k not in out]
+    if missing:
+        parser.error(f"missing {', '.join(f'{k}=...' for k in missing)}")
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    args = parse_args(argv)
+    try:
+        report = visualize(args)
+    except RobofmError as e:
+        print(f"robofm-viz: error: {e}", file=sys.stderr)
+        sys.exit(2)
+    print(f"report: {report}")
+
+
+def visualize(args: dict) -> Path:
+    """Compute the rollouts and write every file; returns the report's path."""
+    import torch
+
+    from robofm.data.store import EpisodeStore
+    from robofm.train.export import load_pretrained
+    from robofm.viz import rollout as ro
+
+    store = EpisodeStore(args["data.path"])
+    pretrained = load_pretrained(args["checkpoint"])
+    builder = pretrained.builder
+    ep = ro.open_episode(store, args["episode"], builder, args["start"], args["horizon"])
+    edited = None
+    if args["what_if"] is not None:  # checked before the slow part
+        edited = ro.edit_actions(args["what_if"], ep.future_actions, ep.context["action_mask"][0])
+    out = Path(args["out"] or Path("outputs") / "viz" / f"{ep.info.id}-{ep.start}")
+    out.mkdir(parents=True, exist_ok=True)
+    kind = ro.diffusion_kind(args["checkpoint"])
+    with torch.inference_mode():
+        imagined = ro.imagine_frames(pretrained, kind, ep, ep.future_actions, args["sampler_steps"], args["seed"])
+        what_if = None
+        if edited is not None:  # same seed: what differs from `imagined` is what the model makes of the actions
+            what_if = ro.imagine_frames(pretrained, kind, ep, edited, args["sampler_steps"], args["seed"])
+        trace = ro.trace_actions(pretrained, store, ep.info)
+    metrics = _metrics(args, ep, imagined, what_if, trace, builder.cameras, kind)
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    fps = max(1.0, store.fps / builder.cfg.stride)
+    return _write_files(out, args, ep, imagined, what_if, trace, builder, metrics, fps)
+
+
+def _metrics(args, ep, imagined, what_if, trace, cameras, kind) -> dict:
+    from robofm.viz.rollout import psnr
+
+    baseline = np.broadcast_to(ep.last_context, ep.real.shape)
+    m = {
+        "episode": ep.info.id, "task": ep.info.task, "start": ep.start, "horizon": ep.horizon,
+        "requested_horizon": ep.requested_horizon, "sampler_steps": args["sampler_steps"], "seed": args["seed"],
+        "frame_diffusion": kind, "cameras": list(cameras), "frame_index": ep.frame_index.tolist(),
+        "psnr": psnr(ep.real, imagined).mean(1).tolist(),  # per horizon step, mean over cameras
+        "psnr_copy_last": psnr(ep.real, baseline).mean(1).tolist(),
+        "psnr_per_camera": {c: psnr(ep.real, imagined)[:, i].tolist() for i, c in enumerate(cameras)},
+        "action_mse": trace.mse().tolist(),
+        "action_mse_baselines": {name: v.tolist() for name, v in trace.baseline_mse().items()},
+    }  # fmt: skip
+    if what_if is not None:
+        m["what_if"] = args["what_if"]
+        m["psnr_what_if"] = psnr(ep.real, what_if).mean(1).tolist()
+        m["psnr_what_if_vs_imagined"] = psnr(imagined, what_if).mean(1).tolist()
+    return m
+
+
+def _write_files(out, args, ep, imagined, what_if, trace, builder, metrics, fps) -> Path:
+    from robofm.viz import plots, video
+    from robofm.viz.rollout import psnr
+
+    report = Report(f"robofm rollout: episode {ep.info.id} ({ep.info.task}) from frame {ep.start}")
+    if ep.horizon < ep.requested_horizon:
+        report.notes.append(f"horizon {ep.requested_horizon} capped to {ep.horizon}: the episode has "
+                            f"{ep.info.length} frames")  # fmt: skip
+    if what_if is not None and min(metrics["psnr_what_if_vs_imagined"]) >= SAME_FRAMES_DB:
+        report.notes.append(f"under what_if={args['what_if']} the imagined frames barely change (PSNR >= "
+                            f"{SAME_FRAMES_DB:.0f} dB against those under the episode's actions): the model "
+                            "makes little of the actions here")  # fmt: skip
+    report.tables.append(_frame_table(metrics))
+    report.tables.append(_action_table(metrics))
+    factor = video.upscale_factor(ep.real.shape[2])
+    steps = [f"t+{h + 1}" for h in range(ep.horizon)]
+    for c, cam in enumerate(builder.cameras):
+        real, imag = ep.real[:, c], imagined[:, c]
+        diff = [video.difference(r, i) for r, i in zip(real, imag, strict=True)]
+        score = psnr(real, imag)
+        frames = [video.side_by_side([real[h], imag[h], diff[h]], ["real", "imagined", "|difference|"],
+                                     f"{cam}  step {h + 1}/{ep.horizon}  PSNR {score[h]:.1f} dB", factor)
+                  for h in range(ep.horizon)]  # fmt: skip
+        gif = video.write_gif(out / f"rollout_{cam}.gif", frames, fps)
+        mp4 = video.write_mp4(out / f"rollout_{cam}.mp4", frames, fps)
+        report.videos.append((f"{cam}: real | imagined | |difference| under the episode's actions", gif, mp4))
+        rows = [("real", real), ("imagined", imag), ("|difference|", np.stack(diff))]
+        if what_if is not None:
+            rows.append(("what if", what_if[:, c]))
+            wscore = psnr(imag, what_if[:, c])
+            frames = [video.side_by_side([real[h], imag[h], what_if[h, c]], ["real", "imagined", "what if"],
+                                         f"{cam}  step {h + 1}/{ep.horizon}  what_if={args['what_if']}  "
+                                         f"PSNR vs imagined {wscore[h]:.1f} dB", factor) for h in range(ep.horizon)]  # fmt: skip
+            gif = video.write_gif(out / f"whatif_{cam}.gif", frames, fps)
+            mp4 = video.write_mp4(out / f"whatif_{cam}.mp4", frames, fps)
+            report.videos.append((f"{cam}: real | imagined | imagined under what_if={args['what_if']}", gif, mp4))
+        sheet = video.write_png(out / f"contact_{cam}.png", video.contact_sheet(rows, steps, factor))
+        report.images.append((f"{cam}: contact sheet", sheet))
+    title = f"episode {ep.info.id}, stride {builder.cfg.stride}"
+    report.images.insert(0, ("Predicted (greedy) against true actions", plots.plot_actions(
+        out / "actions.png", trace, title, builder.cfg.stride)))  # fmt: skip
+    curves = {"imagined": metrics["psnr"], "copy-last-frame baseline": metrics["psnr_copy_last"]}
+    if what_if is not None:
+        curves[f"imagined, what_if={args['what_if']}"] = metrics["psnr_what_if"]
+    curves = {name: np.asarray(values) for name, values in curves.items()}
+    report.images.insert(0, ("PSNR against horizon", plots.plot_psnr(out / "psnr.png", curves, title)))
+    return write_report(out / "report.html", report)
+
+
+def _frame_table(m: dict) -> Table:
+    header = ["step", "frame", "PSNR imagined (dB)", "PSNR copy-last-frame (dB)"]
+    columns = [m["psnr"], m["psnr_copy_last"]]
+    if "psnr_what_if" in m:
+        header.append(f"PSNR what_if={m['what_if']} (dB)")
+        columns.append(m["psnr_what_if"])
+    rows = [[h + 1, int(m["frame_index"][h]), *(float(c[h]) for c in columns)] for h in range(m["horizon"])]
+    return Table(f"World model: {m['sampler_steps']} sampler steps ({m['frame_diffusion']}), seed {m['seed']}, "
+                 f"PSNR mean over cameras", header, rows)  # fmt: skip
+
+
+def _action_table(m: dict) -> Table:
+    baselines = m["action_mse_baselines"]
+    rows = [[d, float(v), *(float(b[d]) for b in baselines.values())] for d, v in enumerate(m["action_mse"])]
+    return Table("Policy: greedy action chunks along the episode, MSE in robot units, beside baselines",
+                 ["dimension", "MSE policy", *(f"MSE {name}" for name in baselines)], rows)  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,135 @@
+"""robofm-eval end to end on a tiny trained debug run: every key, reproducible, every kind of checkpoint folder,
+and bad input giving a clear error (exit 2) rather than a traceback."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from robofm.eval.__main__ import main
+from robofm.eval.evaluate import EvalConfig, evaluate, load_for_eval
+from tests.conftest import write_store
+from tests.models.conftest import make_store, textured_episode
+from tests.train.conftest import TINY, train_in_process
+
+FAST = ["horizons=1,2", "sampler_steps=2", "batches=2", "batch_size=3"]
+
+
+@pytest.fixture(scope="module")
+def held_out_store(tmp_path_factory) -> Path:
+    """6 episodes of 16 frames; their content hashes put 1 in val at val_fraction 0.5 (at least one, as asserted)."""
+    root = write_store(tmp_path_factory.mktemp("eval") / "store", [textured_episode(16, seed=i) for i in range(6)],
+                       val_fraction=0.5)  # fmt: skip
+    manifest = json.loads((root / "manifest.json").read_text())
+    assert {e["split"] for e in manifest["episodes"]} == {"train", "val"}
+    return root
+
+
+@pytest.fixture(scope="module")
+def run_dir(held_out_store, tmp_path_factory) -> Path:
+    """A debug run of 4 steps (checkpoints at steps 2 and 4, and an export)."""
+    run = tmp_path_factory.mktemp("eval") / "run"
+    train_in_process(run, [*TINY, f"data.path={held_out_store}", "trainer.max_steps=4", "trainer.checkpoint_every=2",
+                           "trainer.log_every=2"])  # fmt: skip
+    return run
+
+
+@pytest.fixture
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_eval_writes_every_key_and_is_reproducible(run_dir, held_out_store, tmp_path, one_thread):
+    outs = [tmp_path / "a.json", tmp_path / "b.json"]
+    for out in outs:
+        assert main([f"checkpoint={run_dir}", f"data.path={held_out_store}", f"out={out}", "seed=3", *FAST]) == 0
+    first, second = (json.loads(o.read_text()) for o in outs)
+    assert first == second
+    assert first["split"] == "val" and first["horizons"] == [1, 2] and first["dropped_horizons"] == []
+    assert first["batches"] == 2 and first["windows"] == 6 and first["context_steps"] == 2
+    act = first["actions"]
+    assert 0 <= act["token_accuracy"] <= 1 and act["action_loss"] > 0
+    assert set(act["mse"]) == {"model", "train_mean", "repeat_last"} and all(v >= 0 for v in act["mse"].values())
+    arm = act["per_embodiment"]["arm"]
+    assert arm["dims"] == 2 and arm["windows"] == 6 and all(len(arm[m]) == 2 for m in act["mse"])
+    for h in ("1", "2"):
+        row = first["world_model"][h]
+        for m in ("model", "copy_last", "shuffled_actions"):
+            assert row[m]["frames"] == 12  # 6 windows x 2 cameras
+            assert row[m]["psnr"] > 0 and -1 <= row[m]["ssim"] <= 1
+        assert row["shuffle_gap"]["psnr"] == pytest.approx(row["model"]["psnr"] - row["shuffled_actions"]["psnr"])
+        assert set(row["gain_over_copy_last"]) == {"psnr", "ssim"}
+
+
+def test_horizons_longer_than_the_episodes_are_dropped_and_said(run_dir, held_out_store, one_thread):
+    # 16-frame episodes at stride 2 hold 2 context steps + horizons up to 6
+    result = evaluate(EvalConfig(str(run_dir), str(held_out_store), horizons=(1, 16), batches=1, batch_size=2,
+                                 sampler_steps=1))  # fmt: skip
+    assert result["horizons"] == [1] and result["dropped_horizons"] == [16]
+    assert any("[16]" in note for note in result["notes"])
+    assert list(result["world_model"]) == ["1"]
+
+
+def test_checkpoint_accepts_run_checkpoint_and_export_folders(run_dir, tmp_path):
+    exported = load_file(str(run_dir / "export" / "model.safetensors"))
+    for path in (run_dir, run_dir / "export"):
+        loaded = load_for_eval(path)
+        assert loaded.source.startswith("export")
+        for k, v in loaded.model.state_dict().items():
+            torch.testing.assert_close(v, exported[k])
+    step2 = run_dir / "checkpoints" / "step-00000002"
+    weights = load_file(str(step2 / "model.safetensors"))
+    loaded = load_for_eval(step2)
+    assert loaded.source == f"checkpoint {step2}" and loaded.frame_diffusion == "flow"
+    assert all(torch.equal(v, weights[k]) for k, v in loaded.model.state_dict().items())
+    # before the run exported: the model config is rebuilt from the checkpoint's config.yaml
+    bare = tmp_path / "run"
+    shutil.copytree(run_dir, bare, ignore=shutil.ignore_patterns("export"))
+    rebuilt = load_for_eval(bare / "checkpoints" / "step-00000002")
+    assert rebuilt.model.cfg == loaded.model.cfg
+    assert load_for_eval(bare).source.endswith("step-00000004")  # a run folder without export: latest checkpoint
+    assert loaded.builder.cfg == rebuilt.builder.cfg
+
+
+def test_eval_runs_on_a_checkpoint_folder(run_dir, held_out_store, one_thread):
+    result = evaluate(EvalConfig(str(run_dir / "checkpoints" / "step-00000004"), str(held_out_store), horizons=(1,),
+                                 batches=1, batch_size=2, sampler_steps=1))  # fmt: skip
+    assert result["loaded"].startswith("checkpoint") and result["windows"] == 2
+
+
+def test_bad_input_gives_a_clear_error(run_dir, held_out_store, tmp_path, capsys):
+    assert main([f"checkpoint={tmp_path / 'missing'}", f"data.path={held_out_store}"]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert main([f"checkpoint={tmp_path / 'empty'}", f"data.path={held_out_store}"]) == 2
+    assert "not an export, run or checkpoint folder" in capsys.readouterr().err
+    train_only = make_store(tmp_path / "train_only", n=2)  # val_fraction 0: no val episode
+    assert main([f"checkpoint={run_dir}", f"data.path={train_only}"]) == 2
+    err = capsys.readouterr().err
+    assert "no episode in split 'val'" in err and "['train']" in err
+    assert main([f"checkpoint={run_dir}", f"data.path={tmp_path / 'nostore'}"]) == 2
+    assert "not a robofm episode store" in capsys.readouterr().err
+    for argv in ([f"checkpoint={run_dir}"], [f"checkpoint={run_dir}", "data.path=x", "colour=red"],
+                 [f"checkpoint={run_dir}", "data.path=x", "seed=one"]):  # fmt: skip
+        with pytest.raises(SystemExit) as e:
+            main(argv)
+        assert e.value.code == 2
+
+
+def test_the_command_exits_2_without_a_traceback(tmp_path, held_out_store):
+    script = Path(sys.executable).with_name("robofm-eval")
+    command = [str(script)] if script.is_file() else [sys.executable, "-m", "robofm.eval"]
+    proc = subprocess.run([*command, f"checkpoint={tmp_path / 'missing'}", f"data.path={held_out_store}"],
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr and "does not exist" in proc.stderr

@@ -1,0 +1,191 @@
+"""robofm-viz on a tiny trained debug run: every file it writes decodes back with the expected frames and layout,
+the report embeds what it shows, "what if" imagines its own frames, and bad input exits 2 with a clear message."""
+
+from __future__ import annotations
+
+import base64
+import re
+
+import imageio.v2 as imageio
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from robofm.train.export import export, load_pretrained
+from robofm.viz.__main__ import main
+from robofm.viz.rollout import PSNR_CAP, ActionTrace, edit_actions, max_horizon, psnr
+from robofm.viz.video import HEADER, SEP, side_by_side, upscale_factor
+from tests.models.conftest import make_store
+from tests.train.conftest import TINY, train_in_process
+
+HORIZON, FRAME = 2, 8  # 8x8 frames, 2-step windows at stride 2 (the debug experiment)
+CAMERAS = ("front", "wrist")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models run faster on one thread on a busy 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """(store, run folder) of 5 steps of the debug model on 2 episodes of 16 frames."""
+    root = tmp_path_factory.mktemp("viz")
+    store = make_store(root / "store", n=2, length=16)
+    train_in_process(root / "run", TINY + [f"data.path={store}", "trainer.max_steps=5", "trainer.checkpoint_every=5"])
+    return store, root / "run"
+
+
+@pytest.fixture(scope="module")
+def rollout(trained, tmp_path_factory):
+    """The output folder of a rollout of the run (checkpoint= a run folder) at horizon 2."""
+    store, run = trained
+    out = tmp_path_factory.mktemp("out")
+    main([f"checkpoint={run}", f"data.path={store}", "episode=ep-000001", f"horizon={HORIZON}", "sampler_steps=2",
+          f"out={out}"])  # fmt: skip
+    return out
+
+
+FPS = 5.0  # the store's 10 fps at stride 2: one video frame per model step
+
+
+def frames_of(path) -> list[np.ndarray]:
+    with imageio.get_reader(path) as reader:  # iterate: an mp4 reader's len() is inf
+        return [np.asarray(f) for f in reader]
+
+
+def test_rollout_writes_every_file_decodable(rollout):
+    u = upscale_factor(FRAME)
+    layout = (HEADER + u * FRAME, 3 * u * FRAME + 2 * SEP, 3)  # real | imagined | |difference|, SEP-pixel gaps
+    for cam in CAMERAS:
+        for suffix in ("gif", "mp4"):
+            frames = frames_of(rollout / f"rollout_{cam}.{suffix}")
+            assert len(frames) == HORIZON
+            assert frames[0].shape == layout  # even sizes: the mp4 needs no padding
+        with imageio.get_reader(rollout / f"rollout_{cam}.mp4") as reader:
+            assert reader.get_meta_data()["fps"] == FPS
+            assert reader.get_meta_data()["duration"] == pytest.approx(HORIZON / FPS, abs=0.05)
+        Image.open(rollout / f"contact_{cam}.png").verify()
+    for name in ("actions.png", "psnr.png"):
+        Image.open(rollout / name).verify()
+    assert not list(rollout.glob("whatif_*"))
+    assert all(p.stat().st_size > 0 for p in rollout.iterdir())
+
+
+def test_report_embeds_images_and_gifs_and_links_videos(rollout, capsys):
+    html = (rollout / "report.html").read_text()
+    pngs = re.findall(r"data:image/png;base64,([A-Za-z0-9+/=]+)", html)
+    gifs = re.findall(r"data:image/gif;base64,([A-Za-z0-9+/=]+)", html)
+    assert len(pngs) == 2 + len(CAMERAS) and len(gifs) == len(CAMERAS)  # plots, contact sheets; one GIF per camera
+    assert base64.b64decode(gifs[0]) == (rollout / "rollout_front.gif").read_bytes()
+    for cam in CAMERAS:
+        assert f"href='rollout_{cam}.mp4'" in html and (rollout / f"rollout_{cam}.mp4").is_file()
+    assert "copy-last-frame" in html
+
+
+def test_metrics_cover_the_horizon(rollout):
+    import json
+
+    m = json.loads((rollout / "metrics.json").read_text())
+    assert m["horizon"] == HORIZON and m["frame_index"] == [4, 6]  # context frames 0 and 2, stride 2
+    assert len(m["psnr"]) == len(m["psnr_copy_last"]) == HORIZON
+    assert len(m["action_mse"]) == 2
+    assert {k: len(v) for k, v in m["action_mse_baselines"].items()} == {"mean action": 2, "repeat last action": 2}
+
+
+def test_horizon_is_capped_by_the_episode(trained, tmp_path, capsys):
+    store, run = trained
+    main([f"checkpoint={run}/export", f"data.path={store}", "episode=ep-000000", "start=8", "horizon=9",
+          "sampler_steps=1", f"out={tmp_path}"])  # fmt: skip
+    capped = max_horizon(16, 8, 2, 2)
+    assert capped == 2 and len(frames_of(tmp_path / "rollout_front.gif")) == capped
+    assert f"horizon 9 capped to {capped}" in (tmp_path / "report.html").read_text()
+
+
+def test_what_if_imagines_its_own_frames(trained, tmp_path):
+    """Beside the real-action rollout: a model whose frame head is not ~zero after 5 steps (as the model tests
+    do), so the actions can show in the frames."""
+    store, run = trained
+    pretrained = load_pretrained(run)
+    torch.manual_seed(0)
+    torch.nn.init.normal_(pretrained.model.frame_head.weight, std=0.5)
+    base = export(tmp_path / "export", pretrained.model, pretrained.builder)
+    out = tmp_path / "out"
+    main([f"checkpoint={base}", f"data.path={store}", "episode=ep-000000", f"horizon={HORIZON}", "sampler_steps=2",
+          "what_if=scale:-3", f"out={out}"])  # fmt: skip
+    for cam in CAMERAS:
+        real_actions, what_if = frames_of(out / f"rollout_{cam}.gif"), frames_of(out / f"whatif_{cam}.gif")
+        assert len(what_if) == HORIZON and what_if[0].shape == real_actions[0].shape
+        w = 8 * upscale_factor(FRAME)
+        imagined, edited = real_actions[0][HEADER:, w + SEP : 2 * w + SEP], what_if[0][HEADER:, 2 * (w + SEP) :]
+        assert not np.array_equal(imagined, edited)
+        assert len(frames_of(out / f"whatif_{cam}.mp4")) == HORIZON
+    html = (out / "report.html").read_text()
+    assert html.count("data:image/gif") == 2 * len(CAMERAS) and "href='whatif_front.mp4'" in html
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["episode=ep-999"], "has no episode 'ep-999'; it has ep-000000, ep-000001"),
+    (["episode=ep-000000", "start=12"], "has 16 frames; a rollout from frame 12 needs at least 17"),
+    (["episode=ep-000000", "what_if=double"], "what_if must be scale:F, zero or file:PATH.npy"),
+    (["episode=ep-000000", "what_if=scale:x"], "what_if=scale:F needs a number"),
+    (["episode=ep-000000", "colour=red"], "expected key=value with key one of"),
+    (["horizon=2"], "missing episode=..."),
+])  # fmt: skip
+def test_bad_input_exits_2_with_a_message(trained, tmp_path, capsys, args, message):
+    store, run = trained
+    with pytest.raises(SystemExit) as e:
+        main([f"checkpoint={run}", f"data.path={store}", f"out={tmp_path}", *args])
+    assert e.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_what_if_file_of_the_wrong_shape_exits_2(trained, tmp_path, capsys):
+    store, run = trained
+    np.save(tmp_path / "a.npy", np.zeros((3, 5), np.float32))
+    with pytest.raises(SystemExit) as e:
+        main([f"checkpoint={run}", f"data.path={store}", "episode=ep-000000", f"what_if=file:{tmp_path / 'a.npy'}"])
+    assert e.value.code == 2 and "holds an array of shape (3, 5)" in capsys.readouterr().err
+
+
+def test_edit_actions_reads_both_file_layouts(tmp_path):
+    actions, mask = torch.randn(1, 2, 2, 3), torch.tensor([True, True, False])  # H 2, s 2, 2 of 3 dims used
+    x = np.arange(8, dtype=np.float32).reshape(4, 2)
+    np.save(tmp_path / "flat.npy", x)
+    np.save(tmp_path / "chunks.npy", x.reshape(2, 2, 2))
+    for name in ("flat", "chunks"):
+        edited = edit_actions(f"file:{tmp_path / name}.npy", actions, mask)
+        assert edited.shape == (1, 2, 2, 3) and torch.equal(edited[0, :, :, :2].reshape(4, 2), torch.from_numpy(x))
+        assert not edited[..., 2].any()
+    assert torch.equal(edit_actions("scale:0.5", actions, mask), actions * 0.5)
+    assert not edit_actions("zero", actions, mask).any()
+
+
+def test_psnr_of_known_images():
+    a = np.zeros((2, 4, 4, 3), np.uint8)
+    b = a.copy()
+    b[1] = 255
+    np.testing.assert_allclose(psnr(a, b), [PSNR_CAP, 0.0])
+    c = np.full((4, 4, 3), 10, np.uint8)  # mse 100: 10 log10(255^2 / 100)
+    np.testing.assert_allclose(psnr(a[0], c), 10 * np.log10(255.0**2 / 100))
+
+
+def test_side_by_side_layout():
+    panels = [np.full((6, 5, 3), v, np.uint8) for v in (0, 100, 200)]
+    out = side_by_side(panels, ["a", "b", "c"], "title", 2)
+    assert out.shape == (HEADER + 12, 3 * 10 + 2 * SEP, 3)
+    assert (out[HEADER:, 10 + SEP : 20 + SEP] == 100).all() and (out[HEADER:, 10 : 10 + SEP] == 255).all()
+
+
+def test_action_trace_mse_and_baselines():
+    true = np.arange(8, dtype=np.float32)[:, None]  # (T 8, D 1)
+    trace = ActionTrace(true, predicted=true[2:6] + 1, first=2, stride=2, store_mean=np.zeros(1, np.float32))
+    np.testing.assert_allclose(trace.mse(), [1.0])
+    baselines = trace.baseline_mse()  # chunks at frames 2 and 4 repeat the actions of frames 1 and 3
+    np.testing.assert_allclose(baselines["repeat last action"], [(1 + 4 + 1 + 4) / 4])
+    np.testing.assert_allclose(baselines["mean action"], [(4 + 9 + 16 + 25) / 4])
