@@ -20,8 +20,8 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e ".[dev]"
 	touch $@
 
-# Convert the demo dataset (once), then pretrain the small model on it for a bounded time on the CPU. A second
-# `make demo` continues the same run from its latest checkpoint (resume=auto) until trainer.max_steps.
+# Convert the demo dataset (once), then pretrain the small model on it for 80 steps on the CPU. An interrupted
+# `make demo` continues from its latest checkpoint (resume=auto).
 demo: $(VENV)/.installed
 	test -f $(DEMO_OUT)/store/manifest.json || \
 	  $(VENV)/bin/robofm-convert lerobot $(DEMO_SRC) --out $(DEMO_OUT)/store --overwrite --workers 2
