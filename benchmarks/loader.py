@@ -23,7 +23,6 @@ import os
 import platform
 import shlex
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -32,10 +31,9 @@ import av
 import numpy as np
 import psutil
 import torch
+from common import REPO, RESULTS, cpu_name, load_now, robofm_revision, verdict, write_section
 from torch.utils.data import DataLoader, RandomSampler
 
-REPO = Path(__file__).resolve().parents[1]
-RESULTS = REPO / "benchmarks" / "RESULTS.md"
 SECTION = "## Loader and converter"
 TARGET_LOADER_SPEEDUP, TARGET_CONVERT_RATIO, TARGET_RSS_GROWTH = 10.0, 0.5, 0.10
 FPS, STATE_DIM, ACTION_DIM, CAMERAS = 30, 7, 7, ("front", "wrist")
@@ -264,37 +262,17 @@ def rss_run(ds, samples: int, warmup: int, batch_size: int, workers: int) -> dic
 # --------------------------------------------------------------------------- report
 
 
-def robofm_revision() -> str:
-    """The commit the numbers belong to, '+changes' when robofm/ differs from it (read-only git calls)."""
-
-    def git(*cmd: str) -> str:
-        done = subprocess.run(["git", *cmd], cwd=REPO, capture_output=True, text=True, check=False)
-        return done.stdout.strip() if done.returncode == 0 else ""
-
-    sha = git("rev-parse", "--short", "HEAD") or "no commit"
-    return sha + ("+changes" if git("status", "--porcelain", "--", "robofm") else "")
-
-
 def machine() -> dict:
     import h5py
     import lerobot
 
-    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                if ln.startswith("model name")), platform.processor())  # fmt: skip
+    cpu = cpu_name()
     return {
         "cpu": cpu, "cores": os.cpu_count(), "affinity": len(os.sched_getaffinity(0)),
         "python": platform.python_version(), "torch": torch.__version__, "lerobot": lerobot.__version__,
         "av": av.__version__, "h5py": h5py.__version__, "os": platform.platform(),
         "load": load_now(), "robofm": robofm_revision(),
     }  # fmt: skip
-
-
-def load_now() -> str:
-    return " ".join(f"{x:.1f}" for x in os.getloadavg())
-
-
-def verdict(ok: bool) -> str:
-    return "pass" if ok else "FAIL"
 
 
 def report(argv: list[str], args: argparse.Namespace, m: dict, backend: str, conv: dict, load: dict, rss: dict) -> str:
@@ -348,19 +326,6 @@ def report(argv: list[str], args: argparse.Namespace, m: dict, backend: str, con
     return "\n".join(lines)
 
 
-def write_section(path: Path, section: str) -> None:
-    """Replace this benchmark's section of RESULTS.md (up to the next '## ' heading), or append it."""
-    text = path.read_text() if path.exists() else "# Benchmark results\n\nWritten by the scripts in benchmarks/.\n"
-    lines = text.splitlines()
-    if SECTION in lines:
-        start = lines.index(SECTION)
-        end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
-        lines[start:end] = section.rstrip("\n").splitlines() + ([""] if end < len(lines) else [])
-    else:
-        lines += ["", *section.rstrip("\n").splitlines()]
-    path.write_text("\n".join(lines).rstrip("\n") + "\n")
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
@@ -389,7 +354,7 @@ def main(argv: list[str] | None = None) -> int:
     section = report(argv, args, m, backend, conv, load, rss)
     print("\n" + section)
     if args.write_results:
-        write_section(RESULTS, section)
+        write_section(RESULTS, SECTION, section)
         print(f"updated {RESULTS}")
     print(f"total {time.perf_counter() - t0:.0f} s")
     return 0

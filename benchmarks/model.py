@@ -29,11 +29,10 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from common import REPO, RESULTS, cpu_name, load_now, robofm_revision, verdict, write_section
 from torch import Tensor, nn
 from torch.utils.data import default_collate
 
-REPO = Path(__file__).resolve().parents[1]
-RESULTS = REPO / "benchmarks" / "RESULTS.md"
 SECTION = "## Model"
 TARGET_TRAIN_RATIO, TARGET_CACHE_SPEEDUP = 0.8, 3.0
 DEMO_SRC = REPO / "datasets" / "metaworld_mt10"
@@ -299,31 +298,11 @@ def bench_imagination(builder, ds, args: argparse.Namespace) -> dict:
 # --------------------------------------------------------------------------- report
 
 
-def robofm_revision() -> str:
-    """The commit the numbers belong to, '+changes' when robofm/ differs from it (read-only git calls)."""
-
-    def git(*cmd: str) -> str:
-        done = subprocess.run(["git", *cmd], cwd=REPO, capture_output=True, text=True, check=False)
-        return done.stdout.strip() if done.returncode == 0 else ""
-
-    sha = git("rev-parse", "--short", "HEAD") or "no commit"
-    return sha + ("+changes" if git("status", "--porcelain", "--", "robofm") else "")
-
-
 def machine(threads: int) -> dict:
-    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                if ln.startswith("model name")), platform.processor())  # fmt: skip
+    cpu = cpu_name()
     return {"cpu": cpu, "cores": os.cpu_count(), "affinity": len(os.sched_getaffinity(0)), "threads": threads,
             "python": platform.python_version(), "torch": torch.__version__, "os": platform.platform(),
             "load": load_now(), "robofm": robofm_revision()}  # fmt: skip
-
-
-def load_now() -> str:
-    return " ".join(f"{x:.1f}" for x in os.getloadavg())
-
-
-def verdict(ok: bool) -> str:
-    return "pass" if ok else "FAIL"
 
 
 def report(argv: list[str], args: argparse.Namespace, m: dict, tr: dict, im: dict) -> str:
@@ -393,19 +372,6 @@ def fmt_times(ts: list[float]) -> str:
     return ", ".join(f"{t:.2f}" for t in ts)
 
 
-def write_section(path: Path, section: str) -> None:
-    """Replace this benchmark's section of RESULTS.md (up to the next '## ' heading), or append it."""
-    text = path.read_text() if path.exists() else "# Benchmark results\n\nWritten by the scripts in benchmarks/.\n"
-    lines = text.splitlines()
-    if SECTION in lines:
-        start = lines.index(SECTION)
-        end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
-        lines[start:end] = section.rstrip("\n").splitlines() + ([""] if end < len(lines) else [])
-    else:
-        lines += ["", *section.rstrip("\n").splitlines()]
-    path.write_text("\n".join(lines).rstrip("\n") + "\n")
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
@@ -422,7 +388,7 @@ def main(argv: list[str] | None = None) -> int:
     section = report(argv, args, m, tr, im)
     print("\n" + section)
     if args.write_results:
-        write_section(RESULTS, section)
+        write_section(RESULTS, SECTION, section)
         print(f"updated {RESULTS}")
     print(f"total {time.perf_counter() - t0:.0f} s")
     return 0

@@ -19,8 +19,8 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-RESULTS = REPO / "benchmarks" / "RESULTS.md"
+from common import REPO, RESULTS, verdict, write_section
+
 SECTION = "## Training throughput"
 TARGET_DATA_WAIT = 0.05
 
@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     per_step = seconds / (len(steps) - args.skip)
     tokens = (last["tokens_per_s"] * last["elapsed_s"] - first["tokens_per_s"] * first["elapsed_s"]) / seconds
     samples = args.batch_size / per_step
-    verdict = "pass" if wait < TARGET_DATA_WAIT else "FAIL"
+    result = verdict(wait < TARGET_DATA_WAIT)
     cmd = "    .venv/bin/python benchmarks/train.py " + " ".join(argv if argv is not None else sys.argv[1:])
     text = f"""{SECTION}
 
@@ -78,17 +78,13 @@ workers, fp32 on the CPU, {args.steps} steps; steady state over steps {args.skip
 | step time | {per_step:.2f} s | | |
 | tokens/s (valid tokens) | {tokens:,.0f} | | |
 | samples/s | {samples:.2f} | | |
-| time waiting for data | {100 * wait:.1f}% of step time | < {100 * TARGET_DATA_WAIT:.0f}% | {verdict} |
+| time waiting for data | {100 * wait:.1f}% of step time | < {100 * TARGET_DATA_WAIT:.0f}% | {result} |
 | data wait including the first {args.skip} steps (worker start-up) | {100 * last["data_wait"]:.1f}% | | |
 """
     print(text)
     if args.write_results:
-        sys.path.insert(0, str(REPO / "benchmarks"))
-        import loader  # its write_section replaces the section named by loader.SECTION
-
-        loader.SECTION = SECTION
-        loader.write_section(RESULTS, text)
-    return 0 if verdict == "pass" else 1
+        write_section(RESULTS, SECTION, text)
+    return 0 if result == "pass" else 1
 
 
 if __name__ == "__main__":

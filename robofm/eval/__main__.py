@@ -10,6 +10,7 @@ import sys
 from rich.console import Console
 from rich.table import Table
 
+from robofm.cli import parse_settings
 from robofm.errors import RobofmError
 from robofm.eval.evaluate import ACTION_METHODS, FRAME_METHODS, EvalConfig, evaluate
 
@@ -20,18 +21,7 @@ KEYS = {"checkpoint": str, "data.path": str, "split": str, "out": str, "seed": i
 
 def parse_args(argv: list[str], parser: argparse.ArgumentParser) -> EvalConfig:
     """key=value tokens -> EvalConfig; parser.error (exit 2) on an unknown key, a bad value or a missing one."""
-    values = {}
-    for token in parser.parse_args(argv).overrides:
-        key, sep, value = token.partition("=")
-        if not sep or key not in KEYS:
-            parser.error(f"expected key=value with key one of {', '.join(KEYS)}; got {token!r}")
-        try:
-            values[key] = KEYS[key](value)
-        except ValueError:
-            parser.error(f"bad value for {key}: {value!r}")
-    missing = [k for k in ("checkpoint", "data.path") if k not in values]
-    if missing:
-        parser.error(f"missing {' and '.join(f'{k}=...' for k in missing)}")
+    values = parse_settings(parser, parser.parse_args(argv).overrides, KEYS, ("checkpoint", "data.path"))
     values["data_path"] = values.pop("data.path")
     return EvalConfig(**values)
 

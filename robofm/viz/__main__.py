@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from robofm.cli import parse_settings
 from robofm.errors import RobofmError
 from robofm.viz.report import Report, Table, write_report
 
@@ -37,19 +38,7 @@ def parse_args(argv: list[str] | None = None) -> dict:
                                      description=__doc__)  # fmt: skip
     parser.add_argument("settings", nargs="*", metavar="key=value", help=f"keys: {', '.join(KEYS)}")
     settings = parser.parse_args(argv).settings
-    out = dict(DEFAULTS)
-    for arg in settings:
-        key, sep, value = arg.partition("=")
-        if not sep or key not in KEYS:
-            parser.error(f"expected key=value with key one of {', '.join(KEYS)}; got {arg!r}")
-        try:
-            out[key] = KEYS[key](value)
-        except ValueError:
-            parser.error(f"{key} must be an integer, got {value!r}")
-    missing = [k for k in REQUIRED if k not in out]
-    if missing:
-        parser.error(f"missing {', '.join(f'{k}=...' for k in missing)}")
-    return out
+    return {**DEFAULTS, **parse_settings(parser, settings, KEYS, REQUIRED)}
 
 
 def main(argv: list[str] | None = None) -> None:
