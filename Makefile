@@ -6,6 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 DEMO_SRC := datasets/metaworld_mt10
 DEMO_OUT := outputs/demo
+DEMO_EVAL := horizons=1,4,16 batches=8 batch_size=4 sampler_steps=10
 
 # python3.12 from PATH, else a pyenv-installed 3.12 (whose shim only answers when 3.12 is selected)
 PYTHON312 ?= $(shell for p in python3.12 $$HOME/.pyenv/versions/3.12*/bin/python3.12 /usr/local/bin/python3.12 /usr/bin/python3.12; do \
@@ -20,13 +21,17 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e ".[dev]"
 	touch $@
 
-# Convert the demo dataset (once), then pretrain the small model on it for 80 steps on the CPU. An interrupted
-# `make demo` continues from its latest checkpoint (resume=auto).
+# Convert the demo dataset (once), pretrain the small model on it on the CPU, evaluate it on the held-out episodes
+# against the baselines, and write the HTML report of an imagined rollout. An interrupted `make demo` continues
+# from its latest checkpoint (resume=auto).
 demo: $(VENV)/.installed
 	test -f $(DEMO_OUT)/store/manifest.json || \
 	  $(VENV)/bin/robofm-convert lerobot $(DEMO_SRC) --out $(DEMO_OUT)/store --overwrite --workers 2
 	$(VENV)/bin/robofm-train experiment=demo data.path=$(DEMO_OUT)/store hydra.run.dir=$(DEMO_OUT)/run resume=auto
-	@echo "demo run: $(DEMO_OUT)/run (metrics.jsonl, tensorboard/, checkpoints/, export/)"
+	$(VENV)/bin/robofm-eval checkpoint=$(DEMO_OUT)/run data.path=$(DEMO_OUT)/store out=$(DEMO_OUT)/eval.json $(DEMO_EVAL)
+	$(VENV)/bin/robofm-viz checkpoint=$(DEMO_OUT)/run data.path=$(DEMO_OUT)/store eval=$(DEMO_OUT)/eval.json \
+	  out=$(DEMO_OUT)/report
+	@echo "demo: model $(DEMO_OUT)/run/export, held-out metrics $(DEMO_OUT)/eval.json, report $(DEMO_OUT)/report/report.html"
 
 test: $(VENV)/.installed
 	$(VENV)/bin/pytest -q

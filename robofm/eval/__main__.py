@@ -1,5 +1,5 @@
 """`robofm-eval checkpoint=PATH data.path=STORE [split=val] [out=FILE.json] [seed=0] [batches=8] [batch_size=4]
-[horizons=1,4,16] [sampler_steps=10] [frame_diffusion=flow|ddpm] [device=cpu]`: held-out metrics against
+[horizons=1,4,16] [sampler_steps=10] [device=cpu]`: held-out metrics against
 baselines, printed as a table and written as JSON (see robofm.eval.evaluate). Bad input exits with status 2 and a one-line error."""
 
 from __future__ import annotations
@@ -13,10 +13,11 @@ from rich.table import Table
 from robofm.cli import parse_settings
 from robofm.errors import RobofmError
 from robofm.eval.evaluate import ACTION_METHODS, FRAME_METHODS, EvalConfig, evaluate
+from robofm.objectives.flow_matching import describe
 
 KEYS = {"checkpoint": str, "data.path": str, "split": str, "out": str, "seed": int, "batches": int,
         "batch_size": int, "horizons": lambda v: tuple(int(h) for h in v.split(",") if h.strip()),
-        "sampler_steps": int, "frame_diffusion": str, "device": str}  # fmt: skip
+        "sampler_steps": int, "device": str}  # fmt: skip
 
 
 def parse_args(argv: list[str], parser: argparse.ArgumentParser) -> EvalConfig:
@@ -41,8 +42,8 @@ def render(result: dict, console: Console) -> None:
     table.add_row("all", "", *(_fmt(act["mse"][m]) for m in ACTION_METHODS), style="bold")
     table.caption = f"token accuracy {_fmt(act['token_accuracy'])}, action loss {_fmt(act['action_loss'])}"
     console.print(table)
-    table = Table(title=f"World model: imagined frames ({result['frame_diffusion']}, {result['sampler_steps']} "
-                        "sampler steps; higher is better)")  # fmt: skip
+    table = Table(title=f"World model: imagined frames ({describe(result['frame_diffusion'])}, "
+                        f"{result['sampler_steps']} sampler steps; higher is better)")  # fmt: skip
     columns = ("horizon", "metric", "model", "copy last", "shuffled actions", "model - shuffled", "model - copy last")
     for name in columns:
         table.add_column(name, justify="right")

@@ -48,7 +48,7 @@ from robofm.models.sequence import IGNORE, TARGET_ACTION, SequenceBuilder
 from robofm.objectives.flow_matching import FrameDiffusion
 from robofm.objectives.objective import Objective, ObjectiveConfig
 from robofm.train.checkpoint import resolve_checkpoint
-from robofm.train.export import load_pretrained
+from robofm.train.export import load_diffusion, load_pretrained
 
 
 @dataclass
@@ -64,7 +64,6 @@ class EvalConfig:
     batch_size: int = 4
     horizons: tuple[int, ...] = (1, 4, 16)
     sampler_steps: int = 10
-    frame_diffusion: str | None = None  # None: the run's objective.frame_diffusion (flow without a config.yaml)
     device: str = "cpu"
 
 
@@ -74,7 +73,7 @@ class Loaded:
 
     model: RobofmModel
     builder: SequenceBuilder
-    frame_diffusion: str
+    diffusion: FrameDiffusion
     source: str
 
 
@@ -93,7 +92,7 @@ def load_for_eval(path: str | Path, device: str | torch.device = "cpu") -> Loade
     if (path / "model.json").is_file() or (path / "export" / "model.json").is_file():
         export = path if (path / "model.json").is_file() else path / "export"
         pre = load_pretrained(export, device)
-        return Loaded(pre.model, pre.builder, _run_diffusion(export.parent), f"export {export}")
+        return Loaded(pre.model, pre.builder, pre.diffusion, f"export {export}")
     try:
         ckpt = resolve_checkpoint(path)
     except UsageError as e:
@@ -110,19 +109,7 @@ def load_for_eval(path: str | Path, device: str | torch.device = "cpu") -> Loade
         cfg = model_config(builder, yaml.model.size, attention=yaml.model.get("attention", "sdpa"))
     model = RobofmModel(cfg)
     model.load_state_dict(load_file(str(ckpt / "model.safetensors")))
-    return Loaded(model.to(device).eval(), builder, _run_diffusion(run, ckpt), f"checkpoint {ckpt}")
-
-
-def _run_diffusion(run: Path, ckpt: Path | None = None) -> str:
-    """objective.frame_diffusion of the run's config.yaml (its latest checkpoint's), or flow."""
-    if ckpt is None:
-        try:
-            ckpt = resolve_checkpoint(run)
-        except UsageError:
-            return "flow"
-    if not (ckpt / "config.yaml").is_file():
-        return "flow"
-    return str(OmegaConf.select(OmegaConf.load(ckpt / "config.yaml"), "objective.frame_diffusion", default="flow"))
+    return Loaded(model.to(device).eval(), builder, load_diffusion(ckpt), f"checkpoint {ckpt}")
 
 
 # ------------------------------------------------------------------------------------------------ data
@@ -274,7 +261,7 @@ def evaluate(cfg: EvalConfig, loaded: Loaded | None = None, progress: bool = Fal
     ds = EpisodeWindowDataset(cfg.data_path, k + max(kept) - 1, s, split=cfg.split, seed=cfg.seed,
                               cameras=builder.cameras, latents=builder.image.input_key == "latents")  # fmt: skip
     means, mean_source = train_action_means(store, builder.action_dim)
-    diffusion = FrameDiffusion(cfg.frame_diffusion or loaded.frame_diffusion)
+    diffusion = loaded.diffusion
     objective = Objective(ObjectiveConfig(frame_diffusion=diffusion.kind))
     n_batches = min(cfg.batches, math.ceil(len(ds) / cfg.batch_size))
     actions, frames = ActionTally(), FrameTally()
@@ -289,7 +276,7 @@ def evaluate(cfg: EvalConfig, loaded: Loaded | None = None, progress: bool = Fal
     result = {
         "checkpoint": str(cfg.checkpoint), "loaded": loaded.source, "store": str(cfg.data_path), "split": cfg.split,
         "seed": cfg.seed, "batches": n_batches, "windows": min(len(ds), n_batches * cfg.batch_size),
-        "context_steps": k, "stride": s, "frame_diffusion": diffusion.kind, "sampler_steps": cfg.sampler_steps,
+        "context_steps": k, "stride": s, "frame_diffusion": diffusion.settings(), "sampler_steps": cfg.sampler_steps,
         "horizons": kept, "dropped_horizons": dropped, "train_mean_source": mean_source,
         "notes": _notes(cfg, ds, k, s, dropped),
         "actions": actions.result(ACTION_METHODS),

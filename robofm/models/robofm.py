@@ -21,7 +21,7 @@ def time_features(t: Tensor, dim: int = 256) -> Tensor:
 
 
 class RobofmModel(nn.Module):
-    """forward(seq, cache=None, append=True) -> hidden states [B, L, D]; token_logits(h) and frame_velocity(h)
+    """forward(seq, cache=None, append=True) -> hidden states [B, L, D]; token_logits(h) and frame_output(h)
     read them. Discrete tokens enter through the shared embedding table; patches and state through linear
     projections; every token gets its modality embedding, image tokens their camera and patch-position
     embeddings, and NOISY tokens the embedding of their diffusion time."""
@@ -74,9 +74,8 @@ class RobofmModel(nn.Module):
     def token_logits(self, h: Tensor) -> Tensor:
         return self.token_head(h)
 
-    def frame_velocity(self, h: Tensor) -> Tensor:
+    def frame_output(self, h: Tensor) -> Tensor:
         return self.frame_head(h)
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
-

@@ -77,7 +77,7 @@ def _replace(seq: Sequence, ids: Tensor, valid: Tensor) -> Sequence:
     return replace(seq, ids=ids, meta=TokenMeta(seq.meta.block, seq.meta.group, valid))
 
 
-def _frame_velocity(model: RobofmModel, seq: Sequence, cache: KVCache | None, x_t: Tensor, t: Tensor) -> Tensor:
+def _frame_output(model: RobofmModel, seq: Sequence, cache: KVCache | None, x_t: Tensor, t: Tensor) -> Tensor:
     """The frame head's output for the NOISY block of `seq` (its last tokens) at patches x_t and times t."""
     noisy = seq.noisy_index
     patches, level = seq.patches.clone(), seq.noise_level.clone()
@@ -87,7 +87,7 @@ def _frame_velocity(model: RobofmModel, seq: Sequence, cache: KVCache | None, x_
         hidden = model(full)[:, noisy]
     else:
         hidden = model(full.tokens(slice(int(noisy[0]), None)), cache, append=False)
-    return model.frame_velocity(hidden).float()
+    return model.frame_output(hidden).float()
 
 
 def _choose(logits: Tensor, temperature: float, generator: torch.Generator | None) -> Tensor:
@@ -142,8 +142,9 @@ def imagine(model: RobofmModel, builder: SequenceBuilder, diffusion: FrameDiffus
         if use_cache:  # the context once; each sampler step then runs only the NOISY block against it
             cache = KVCache()
             model(seq.tokens(slice(0, int(seq.noisy_index[0]))), cache)  # the NOISY block closes the sequence
-        denoise = partial(_frame_velocity, model, seq, cache)
-        x0 = diffusion.sample(denoise, tuple(seq.frame_x0.shape), sampler_steps, generator, device).cpu()
+        denoise = partial(_frame_output, model, seq, cache)
+        x0 = diffusion.sample(denoise, tuple(seq.frame_x0.shape), sampler_steps, generator, device)
+        x0 = diffusion.frame(x0, seq.frame_prev.to(device)).cpu()
         frame = x0.reshape(x0.shape[0], len(builder.cameras), builder.patches, -1)  # (B, C, P, pd)
         out.append(frame)
         window["patches"].append(frame)

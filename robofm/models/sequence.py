@@ -34,7 +34,8 @@ class Sequence:
     diffusion time of NOISY tokens; pos [B, L] rotary positions; meta: attention metadata.
     targets [B, L]: the token id position i must predict (IGNORE: none); target_kind [B, L] text or action.
     frame_x0 [B, N, patch_dim] the clean patches NOISY tokens predict, at noisy_index [N] (flattened NOISY
-    blocks), noisy_block [N] which block each belongs to; frame_valid [B, N] (False: missing camera).
+    blocks), noisy_block [N] which block each belongs to; frame_valid [B, N] (False: missing camera);
+    frame_prev [B, N, patch_dim] the same patches one step earlier (the frame each NOISY block follows).
     sample_key [B] int64 seeds each sample's training noise (the dataset's key, or random without one).
     """
 
@@ -51,6 +52,7 @@ class Sequence:
     target_kind: Tensor
     frame_x0: Tensor
     frame_valid: Tensor
+    frame_prev: Tensor
     noisy_index: Tensor
     noisy_block: Tensor
     sample_key: Tensor
@@ -180,6 +182,7 @@ class SequenceBuilder:
         valid[:, obs] = cams[:, None, :, None]
         noisy_steps = [int(g) for g in lay.group[lay.noisy_index[:, 0]]] if len(lay.noisy_index) else []
         frame_x0 = x[:, :, noisy_steps].transpose(1, 2).flatten(1, 3)  # (B, n*C*P, patch_dim)
+        frame_prev = x[:, :, [t - 1 for t in noisy_steps]].transpose(1, 2).flatten(1, 3)
         frame_valid = cams[:, None, :, None].expand(b, len(noisy_steps), -1, self.patches).flatten(1)
         valid[:, lay.noisy_index.reshape(-1)] = frame_valid
 
@@ -202,6 +205,7 @@ class SequenceBuilder:
             target_kind=target_kind,
             frame_x0=frame_x0,
             frame_valid=frame_valid,
+            frame_prev=frame_prev,
             noisy_index=torch.from_numpy(lay.noisy_index.reshape(-1)),
             noisy_block=torch.arange(len(noisy_steps)).repeat_interleave(len(self.cameras) * self.patches),
             sample_key=torch.as_tensor(batch["key"]) if "key" in batch else torch.randint(-(2**62), 2**62, (b,)),

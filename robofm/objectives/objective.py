@@ -18,7 +18,9 @@ from robofm.objectives.next_token import target_positions, token_losses
 
 @dataclass
 class ObjectiveConfig:
-    """Loss weights; the frame diffusion (flow | ddpm) and its logit-normal time density; context_noise: the
+    """Loss weights; the frame diffusion (flow | ddpm), its logit-normal time density, what the frame head
+    predicts (velocity | x0) and what x0 is (frame | delta from the previous frame; see
+    robofm.objectives.flow_matching); context_noise: the
     largest std of Gaussian noise added to context (OBS) patches, drawn uniformly per sample, which makes long
     imagined rollouts (that feed back their own imperfect frames) drift less; sampler_steps at inference."""
 
@@ -29,6 +31,8 @@ class ObjectiveConfig:
     frame_diffusion: str = "flow"
     logit_mean: float = 0.0
     logit_std: float = 1.0
+    frame_prediction: str = "velocity"
+    frame_target: str = "frame"
     context_noise: float = 0.0
     sampler_steps: int = 10
 
@@ -36,7 +40,8 @@ class ObjectiveConfig:
 class Objective:
     def __init__(self, cfg: ObjectiveConfig) -> None:
         self.cfg = cfg
-        self.diffusion = FrameDiffusion(cfg.frame_diffusion, cfg.logit_mean, cfg.logit_std)
+        self.diffusion = FrameDiffusion(cfg.frame_diffusion, cfg.logit_mean, cfg.logit_std, cfg.frame_prediction,
+                                        cfg.frame_target)  # fmt: skip
 
     def noised(self, seq: Sequence, generator: torch.Generator | None = None) -> tuple[Sequence, Tensor]:
         """The sequence with its NOISY blocks filled (one time per sample and block), and the frame target.
@@ -50,7 +55,8 @@ class Objective:
         noise = torch.stack([torch.randn(seq.frame_x0.shape[1:], generator=g) for g in gens])
         device = seq.frame_x0.device
         t, noise = t.to(device)[:, seq.noisy_block], noise.to(device)  # (B, N), (B, N, patch_dim)
-        x_t, target = self.diffusion.add_noise(seq.frame_x0, t, noise)
+        x0 = self.diffusion.clean(seq.frame_x0, seq.frame_prev)
+        x_t, target = self.diffusion.add_noise(x0, t, noise)
         patches, level = seq.patches.clone(), seq.noise_level.clone()
         patches[:, seq.noisy_index], level[:, seq.noisy_index] = x_t.to(patches.dtype), t
         if self.cfg.context_noise > 0:
@@ -67,7 +73,9 @@ class Objective:
         sel = target_positions(seq.targets)
         out = token_losses(model.token_logits(h[sel]), seq.targets[sel], seq.target_kind[sel])
         if len(seq.noisy_index):
-            pred = model.frame_velocity(h[:, seq.noisy_index]).float()  # (B, N, patch_dim)
+            noisy = seq.noisy_index
+            head = model.frame_output(h[:, noisy]).float()  # (B, N, patch_dim)
+            pred = self.diffusion.model_target(head, seq.patches[:, noisy].float(), seq.noise_level[:, noisy])
             err = (pred - frame_target.float()).pow(2).mean(-1)
             valid = seq.frame_valid.float()
             out["frame"] = (err * valid).sum() / valid.sum().clamp(min=1)

@@ -254,7 +254,7 @@ class Trainer:
         if weights is None:
             weights = parallelize.full_state_dict(self.model, self.dist)
         if self.dist.is_main:
-            out = export(self.run_dir / "export", self.model, self.builder, weights)
+            out = export(self.run_dir / "export", self.model, self.builder, self.objective.diffusion, weights)
         self.logger.close()
         parallelize.finish(self.dist)
         return out

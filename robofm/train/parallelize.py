@@ -63,7 +63,7 @@ def init(trainer: TrainerConfig) -> Dist:
 
 class _DDP(nn.parallel.DistributedDataParallel):
     """DDP that also exposes the model's own methods: the objective calls model(seq), then model.token_logits
-    and model.frame_velocity on its output. Gradients of the parameters those use are all-reduced like any other
+    and model.frame_output on its output. Gradients of the parameters those use are all-reduced like any other
     (DDP's hooks sit on the parameters, not on forward)."""
 
     def __getattr__(self, name: str):

@@ -1,8 +1,11 @@
 """`robofm-viz` (or `python -m robofm.viz`): an imagined rollout beside the real episode, as videos, PNGs and one
 HTML report.
 
-    robofm-viz checkpoint=RUN_OR_EXPORT data.path=STORE episode=ep-000003 [start=0] [horizon=16] [out=DIR]
-               [sampler_steps=10] [seed=0] [what_if=scale:0.5|zero|file:PATH.npy]
+    robofm-viz checkpoint=RUN_OR_EXPORT data.path=STORE [episode=ep-000003] [start=0] [horizon=16] [out=DIR]
+               [sampler_steps=10] [seed=0] [what_if=scale:0.5|zero|file:PATH.npy] [eval=EVAL.json]
+
+Without `episode`, the longest held-out (val) episode. `eval` puts the held-out metrics of a `robofm-eval ...
+out=EVAL.json` at the top of the report.
 
 Writes into `out` (default outputs/viz/EPISODE-START): per camera rollout_CAM.mp4/.gif (real | imagined |
 |difference|), contact_CAM.png, with what_if also whatif_CAM.mp4/.gif (real | imagined | imagined under the edited
@@ -20,16 +23,17 @@ from pathlib import Path
 import numpy as np
 
 from robofm.cli import parse_settings
-from robofm.errors import RobofmError
+from robofm.errors import RobofmError, UsageError
 from robofm.viz.report import Report, Table, write_report
 
 log = logging.getLogger("robofm")
 
 KEYS = {"checkpoint": str, "data.path": str, "episode": str, "start": int, "horizon": int, "out": str,
-        "sampler_steps": int, "seed": int, "what_if": str}  # fmt: skip
-REQUIRED = ("checkpoint", "data.path", "episode")
+        "sampler_steps": int, "seed": int, "what_if": str, "eval": str}  # fmt: skip
+REQUIRED = ("checkpoint", "data.path")
 SAME_FRAMES_DB = 40.0  # what-if frames this close to the real-action ones get a note in the report
-DEFAULTS = {"start": 0, "horizon": 16, "out": None, "sampler_steps": 10, "seed": 0, "what_if": None}
+DEFAULTS = {"episode": None, "start": 0, "horizon": 16, "out": None, "sampler_steps": 10, "seed": 0, "what_if": None,
+            "eval": None}  # fmt: skip
 
 
 def parse_args(argv: list[str] | None = None) -> dict:
@@ -61,35 +65,53 @@ def visualize(args: dict) -> Path:
     from robofm.viz import rollout as ro
 
     store = EpisodeStore(args["data.path"])
+    held_out = _read_eval(args["eval"])  # checked before the slow part, as what_if
     pretrained = load_pretrained(args["checkpoint"])
     builder = pretrained.builder
+    if args["episode"] is None:
+        val = [e for e in store.episodes if e.split == "val"] or store.episodes
+        args = {**args, "episode": max(val, key=lambda e: e.length).id}
+        log.info("episode=%s: the longest %s episode", args["episode"], "val" if val[0].split == "val" else "")
     ep = ro.open_episode(store, args["episode"], builder, args["start"], args["horizon"])
     edited = None
     if args["what_if"] is not None:  # checked before the slow part
         edited = ro.edit_actions(args["what_if"], ep.future_actions, ep.context["action_mask"][0])
     out = Path(args["out"] or Path("outputs") / "viz" / f"{ep.info.id}-{ep.start}")
     out.mkdir(parents=True, exist_ok=True)
-    kind = ro.diffusion_kind(args["checkpoint"])
     with torch.inference_mode():
-        imagined = ro.imagine_frames(pretrained, kind, ep, ep.future_actions, args["sampler_steps"], args["seed"])
+        imagined = ro.imagine_frames(pretrained, ep, ep.future_actions, args["sampler_steps"], args["seed"])
         what_if = None
         if edited is not None:  # same seed: what differs from `imagined` is what the model makes of the actions
-            what_if = ro.imagine_frames(pretrained, kind, ep, edited, args["sampler_steps"], args["seed"])
+            what_if = ro.imagine_frames(pretrained, ep, edited, args["sampler_steps"], args["seed"])
         trace = ro.trace_actions(pretrained, store, ep.info)
-    metrics = _metrics(args, ep, imagined, what_if, trace, builder.cameras, kind)
+    metrics = _metrics(args, ep, imagined, what_if, trace, builder.cameras, pretrained.diffusion.settings())
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
     fps = max(1.0, store.fps / builder.cfg.stride)
-    return _write_files(out, args, ep, imagined, what_if, trace, builder, metrics, fps)
+    return _write_files(out, args, ep, imagined, what_if, trace, builder, metrics, fps, held_out)
 
 
-def _metrics(args, ep, imagined, what_if, trace, cameras, kind) -> dict:
+def _read_eval(path: str | None) -> dict | None:
+    if path is None:
+        return None
+    try:
+        result = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as e:
+        raise UsageError(f"eval={path} cannot be read: {e}") from e
+    keys = ("actions", "world_model", "windows", "split", "store")
+    if not isinstance(result, dict) or not set(keys) <= result.keys():
+        raise UsageError(f"eval={path} is not a robofm-eval result (robofm-eval ... out=FILE.json): it lacks "
+                         f"{[k for k in keys if not isinstance(result, dict) or k not in result]}")  # fmt: skip
+    return result
+
+
+def _metrics(args, ep, imagined, what_if, trace, cameras, diffusion) -> dict:
     from robofm.viz.rollout import psnr
 
     baseline = np.broadcast_to(ep.last_context, ep.real.shape)
     m = {
         "episode": ep.info.id, "task": ep.info.task, "start": ep.start, "horizon": ep.horizon,
         "requested_horizon": ep.requested_horizon, "sampler_steps": args["sampler_steps"], "seed": args["seed"],
-        "frame_diffusion": kind, "cameras": list(cameras), "frame_index": ep.frame_index.tolist(),
+        "frame_diffusion": diffusion, "cameras": list(cameras), "frame_index": ep.frame_index.tolist(),
         "psnr": psnr(ep.real, imagined).mean(1).tolist(),  # per horizon step, mean over cameras
         "psnr_copy_last": psnr(ep.real, baseline).mean(1).tolist(),
         "psnr_per_camera": {c: psnr(ep.real, imagined)[:, i].tolist() for i, c in enumerate(cameras)},
@@ -103,7 +125,7 @@ def _metrics(args, ep, imagined, what_if, trace, cameras, kind) -> dict:
     return m
 
 
-def _write_files(out, args, ep, imagined, what_if, trace, builder, metrics, fps) -> Path:
+def _write_files(out, args, ep, imagined, what_if, trace, builder, metrics, fps, held_out) -> Path:
     from robofm.viz import plots, video
     from robofm.viz.rollout import psnr
 
@@ -115,6 +137,8 @@ def _write_files(out, args, ep, imagined, what_if, trace, builder, metrics, fps)
         report.notes.append(f"under what_if={args['what_if']} the imagined frames barely change (PSNR >= "
                             f"{SAME_FRAMES_DB:.0f} dB against those under the episode's actions): the model "
                             "makes little of the actions here")  # fmt: skip
+    if held_out is not None:
+        report.tables += _eval_tables(held_out)
     report.tables.append(_frame_table(metrics))
     report.tables.append(_action_table(metrics))
     factor = video.upscale_factor(ep.real.shape[2])
@@ -153,14 +177,35 @@ def _write_files(out, args, ep, imagined, what_if, trace, builder, metrics, fps)
 
 
 def _frame_table(m: dict) -> Table:
+    from robofm.objectives.flow_matching import describe
+
     header = ["step", "frame", "PSNR imagined (dB)", "PSNR copy-last-frame (dB)"]
     columns = [m["psnr"], m["psnr_copy_last"]]
     if "psnr_what_if" in m:
         header.append(f"PSNR what_if={m['what_if']} (dB)")
         columns.append(m["psnr_what_if"])
     rows = [[h + 1, int(m["frame_index"][h]), *(float(c[h]) for c in columns)] for h in range(m["horizon"])]
-    return Table(f"World model: {m['sampler_steps']} sampler steps ({m['frame_diffusion']}), seed {m['seed']}, "
-                 f"PSNR mean over cameras", header, rows)  # fmt: skip
+    return Table(f"World model: {m['sampler_steps']} sampler steps ({describe(m['frame_diffusion'])}), "
+                 f"seed {m['seed']}, PSNR mean over cameras", header, rows)  # fmt: skip
+
+
+def _eval_tables(result: dict) -> list[Table]:
+    """robofm-eval's result: action MSE against its baselines, and imagined-frame PSNR/SSIM per horizon."""
+    from robofm.eval.evaluate import ACTION_METHODS, FRAME_METHODS
+
+    where = f"{result['windows']} {result['split']} windows of {result['store']}"
+    mse = result["actions"]["mse"]
+    actions = Table(f"Held-out actions ({where}): MSE in robot units, lower is better",
+                    list(ACTION_METHODS), [[_num(mse[m]) for m in ACTION_METHODS]])  # fmt: skip
+    rows = [[int(h), metric, *(_num(row[m][metric]) for m in FRAME_METHODS)]
+            for h, row in result["world_model"].items() for metric in ("psnr", "ssim")]  # fmt: skip
+    frames = Table(f"Held-out imagined frames ({where}), higher is better", ["horizon", "metric", *FRAME_METHODS],
+                   rows)  # fmt: skip
+    return [actions, frames]
+
+
+def _num(value) -> float | str:
+    return "n/a" if value is None else float(value)
 
 
 def _action_table(m: dict) -> Table:

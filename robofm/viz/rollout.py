@@ -14,14 +14,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 from torch.utils.data import default_collate
 
 from robofm.data.dataset import EpisodeWindowDataset
 from robofm.data.store import EpisodeInfo, EpisodeStore
 from robofm.errors import UsageError
 from robofm.models.sampling import imagine, predict_action_chunk
-from robofm.objectives.flow_matching import FrameDiffusion
 from robofm.train.export import Pretrained
 
 log = logging.getLogger(__name__)
@@ -44,19 +42,6 @@ class EpisodeRollout:
     real: np.ndarray  # uint8 [H, C, h, w, 3] the episode's frames at the H future steps
     last_context: np.ndarray  # uint8 [C, h, w, 3] the last frame the model saw (the copy-last-frame baseline)
     frame_index: np.ndarray  # int [H] the episode frame of each future step
-
-
-def diffusion_kind(checkpoint: str | Path) -> str:
-    """The objective's frame diffusion ("flow" or "ddpm") the run trained with, read from its newest checkpoint's
-    config.yaml; "flow" (the default objective) for a bare export folder that does not record it."""
-    path = Path(checkpoint)
-    for run in (path, path.parent):
-        latest = run / "checkpoints" / "latest"
-        if latest.is_file():
-            config = run / "checkpoints" / latest.read_text().strip() / "config.yaml"
-            if config.is_file():
-                return yaml.safe_load(config.read_text()).get("objective", {}).get("frame_diffusion", "flow")
-    return "flow"
 
 
 def max_horizon(length: int, start: int, window_len: int, stride: int) -> int:
@@ -102,11 +87,11 @@ def _dataset(store: EpisodeStore, builder, window_len: int) -> EpisodeWindowData
                                 latents=builder.image.input_key == "latents")  # fmt: skip
 
 
-def imagine_frames(pretrained: Pretrained, kind: str, rollout: EpisodeRollout, actions: torch.Tensor,
+def imagine_frames(pretrained: Pretrained, rollout: EpisodeRollout, actions: torch.Tensor,
                    sampler_steps: int, seed: int) -> np.ndarray:  # fmt: skip
     """uint8 frames [H, C, h, w, 3] the model imagines from the rollout's context under chunks [1, H, s, Da]."""
     builder = pretrained.builder
-    patches = imagine(pretrained.model, builder, FrameDiffusion(kind), rollout.context, actions,
+    patches = imagine(pretrained.model, builder, pretrained.diffusion, rollout.context, actions,
                       sampler_steps=sampler_steps, generator=torch.Generator().manual_seed(seed))  # fmt: skip
     frames = builder.image.to_uint8(builder.image.decode(patches, builder.frame_shape))  # (1, H, C, h, w, 3)
     return frames[0].numpy()

@@ -90,7 +90,7 @@ def test_checkpoint_accepts_run_checkpoint_and_export_folders(run_dir, tmp_path)
     step2 = run_dir / "checkpoints" / "step-00000002"
     weights = load_file(str(step2 / "model.safetensors"))
     loaded = load_for_eval(step2)
-    assert loaded.source == f"checkpoint {step2}" and loaded.frame_diffusion == "flow"
+    assert loaded.source == f"checkpoint {step2}" and loaded.diffusion.kind == "flow"
     assert all(torch.equal(v, weights[k]) for k, v in loaded.model.state_dict().items())
     # before the run exported: the model config is rebuilt from the checkpoint's config.yaml
     bare = tmp_path / "run"

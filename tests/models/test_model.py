@@ -107,7 +107,7 @@ def test_builder_save_load_gives_the_same_sequence(tiny, tmp_path):
         assert torch.equal(getattr(a, name), getattr(b, name)), name
 
 
-@pytest.mark.parametrize("diffusion", ["flow", "ddpm"])
+@pytest.mark.parametrize("diffusion", ["flow", "ddpm", "flow-delta"])
 def test_overfit_one_batch(tiny, diffusion, one_thread):
     """The debug model on one fixed batch (same windows, noise and diffusion times at every step) lowers the
     action and frame losses each by at least 10x: it can learn what the objectives ask."""
@@ -115,7 +115,9 @@ def test_overfit_one_batch(tiny, diffusion, one_thread):
     seq = builder.build(batch_of(ds, 4))
     torch.manual_seed(0)
     model = RobofmModel(make_model(builder).cfg).train()
-    objective = Objective(ObjectiveConfig(frame_diffusion=diffusion))
+    kind, _, target = diffusion.partition("-")
+    x0 = dict(frame_prediction="x0", frame_target=target) if target else {}  # flow-delta: x0 prediction of the delta
+    objective = Objective(ObjectiveConfig(frame_diffusion=kind, **x0))
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
     first = last = None
     for _ in range(300):

@@ -49,14 +49,18 @@ def test_action_chunk_is_in_robot_units_and_reproducible(tiny, one_thread):
     assert not np.allclose(lo, hi)
 
 
-@pytest.mark.parametrize("kind", ["flow", "ddpm"])
+DIFFUSIONS = {"flow": FrameDiffusion("flow"), "ddpm": FrameDiffusion("ddpm"),
+              "x0-delta": FrameDiffusion("flow", prediction="x0", target="delta")}  # fmt: skip
+
+
+@pytest.mark.parametrize("kind", sorted(DIFFUSIONS))
 def test_imagined_frames_are_the_same_with_and_without_cache(tiny, kind, one_thread):
     ds, builder = tiny
     model = make_model(builder)
     batch = batch_of(ds, 2)
     context = observed(batch, 2)
     future = batch["actions"][:, 1:].repeat(1, 2, 1, 1)  # 4 chunks: the rollout goes past the window of 3 steps
-    runs = [imagine(model, builder, FrameDiffusion(kind), context, future, sampler_steps=3,
+    runs = [imagine(model, builder, DIFFUSIONS[kind], context, future, sampler_steps=3,
                     generator=torch.Generator().manual_seed(0), use_cache=cache) for cache in (True, False)]  # fmt: skip
     assert runs[0].shape == (2, 4, 2, builder.patches, builder.image.patch_dim())
     torch.testing.assert_close(runs[0], runs[1], atol=1e-4, rtol=1e-4)
@@ -74,6 +78,49 @@ def test_imagined_frames_depend_on_actions(tiny, one_thread):
     b = imagine(model, builder, FrameDiffusion(), context, -future, sampler_steps=2,
                 generator=torch.Generator().manual_seed(0))  # fmt: skip
     assert not torch.allclose(a, b)
+
+
+def test_an_untrained_delta_model_imagines_the_last_frame_and_a_frame_model_does_not(tiny, one_thread):
+    """With x0 prediction of the delta, the zero-initialised frame head is the copy-last-frame baseline exactly,
+    for every step of a rollout; predicting the frame itself starts from a blank (mid-grey) image instead."""
+    ds, builder = tiny
+    model = make_model(builder)
+    torch.nn.init.zeros_(model.frame_head.weight)  # as RobofmModel initialises it
+    batch = batch_of(ds, 2)
+    context, future = observed(batch, 2), batch["actions"][:, 1:].repeat(1, 2, 1, 1)
+    last = builder.image.encode(context["frames"])[:, :, -1]  # (B, C, P, pd)
+    run = imagine(model, builder, DIFFUSIONS["x0-delta"], context, future, sampler_steps=4,
+                  generator=torch.Generator().manual_seed(0))  # fmt: skip
+    torch.testing.assert_close(run, last[:, None].expand_as(run), atol=1e-5, rtol=0)
+    blank = imagine(model, builder, DIFFUSIONS["flow"], context, future[:, :1], sampler_steps=4,
+                    generator=torch.Generator().manual_seed(0))  # fmt: skip
+    assert not torch.allclose(blank[:, 0], last, atol=0.1)
+
+
+def test_x0_prediction_of_the_true_x0_samples_it_and_costs_no_loss():
+    """The x0 head's output enters the flow loss and the sampler as the velocity (x_t - x0) / t: a head that
+    outputs the true x0 has zero loss at every t >= MIN_T, and the sampler returns that x0 in any number of steps."""
+    from robofm.objectives.flow_matching import MIN_T
+
+    diffusion = FrameDiffusion("flow", prediction="x0", target="delta")
+    g = torch.Generator().manual_seed(0)
+    frame, prev, noise = (torch.randn(2, 6, 12, generator=g) for _ in range(3))
+    x0 = diffusion.clean(frame, prev)
+    torch.testing.assert_close(diffusion.frame(x0, prev), frame)
+    t = MIN_T + (1 - MIN_T) * torch.rand(2, 6, generator=g)
+    x_t, target = diffusion.add_noise(x0, t, noise)
+    torch.testing.assert_close(diffusion.model_target(x0, x_t, t), target)
+    for steps in (1, 5):
+        sampled = diffusion.sample(lambda x, t: x0, tuple(x0.shape), steps, torch.Generator().manual_seed(1))
+        torch.testing.assert_close(sampled, x0)
+
+
+@pytest.mark.parametrize("settings", [{"kind": "ddpm", "prediction": "x0"}, {"prediction": "eps"}, {"target": "diff"}])
+def test_unknown_or_unsupported_frame_settings_are_usage_errors(settings):
+    from robofm.errors import UsageError
+
+    with pytest.raises(UsageError, match="objective.frame"):
+        FrameDiffusion(**settings)
 
 
 def test_fast_chunks_fit_their_slots_and_end_with_eoa(fast):

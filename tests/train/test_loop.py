@@ -32,6 +32,19 @@ def test_debug_run_lowers_the_loss_logs_it_and_exports_the_model(tmp_path, tiny_
         assert torch.equal(pretrained.model.token_logits(pretrained.model(again)), model.token_logits(model(seq)))
 
 
+def test_the_export_and_checkpoints_record_the_frame_diffusion(tmp_path, tiny_store):
+    """Imagining frames needs what the frame head was trained to predict: load_pretrained and load_for_eval on a
+    checkpoint both rebuild the run's objective.frame_* settings, not the defaults."""
+    from robofm.eval.evaluate import load_for_eval
+
+    run = tmp_path / "run"
+    train_in_process(run, TINY + [f"data.path={tiny_store}", "trainer.max_steps=2", "objective.frame_prediction=x0",
+                                  "objective.frame_target=delta", "objective.logit_mean=0.5"])  # fmt: skip
+    want = {"kind": "flow", "logit_mean": 0.5, "logit_std": 1.0, "prediction": "x0", "target": "delta"}
+    assert load_pretrained(run).diffusion.settings() == want
+    assert load_for_eval(run / "checkpoints" / "step-00000002").diffusion.settings() == want
+
+
 def test_ema_weights_are_exported_when_kept(tmp_path, tiny_store):
     run = tmp_path / "run"
     trainer = train_in_process(run, TINY + [f"data.path={tiny_store}", "trainer.max_steps=4", "optim.ema=0.5"])

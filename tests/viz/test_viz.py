@@ -114,7 +114,7 @@ def test_what_if_imagines_its_own_frames(trained, tmp_path):
     pretrained = load_pretrained(run)
     torch.manual_seed(0)
     torch.nn.init.normal_(pretrained.model.frame_head.weight, std=0.5)
-    base = export(tmp_path / "export", pretrained.model, pretrained.builder)
+    base = export(tmp_path / "export", pretrained.model, pretrained.builder, pretrained.diffusion)
     out = tmp_path / "out"
     main([f"checkpoint={base}", f"data.path={store}", "episode=ep-000000", f"horizon={HORIZON}", "sampler_steps=2",
           "what_if=scale:-3", f"out={out}"])  # fmt: skip
@@ -135,7 +135,7 @@ def test_what_if_imagines_its_own_frames(trained, tmp_path):
     (["episode=ep-000000", "what_if=double"], "what_if must be scale:F, zero or file:PATH.npy"),
     (["episode=ep-000000", "what_if=scale:x"], "what_if=scale:F needs a number"),
     (["episode=ep-000000", "colour=red"], "expected key=value with key one of"),
-    (["horizon=2"], "missing episode=..."),
+    (["episode=ep-000000", "eval=no-such-eval.json"], "eval=no-such-eval.json cannot be read"),
 ])  # fmt: skip
 def test_bad_input_exits_2_with_a_message(trained, tmp_path, capsys, args, message):
     store, run = trained
@@ -143,6 +143,28 @@ def test_bad_input_exits_2_with_a_message(trained, tmp_path, capsys, args, messa
         main([f"checkpoint={run}", f"data.path={store}", f"out={tmp_path}", *args])
     assert e.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_without_an_episode_it_shows_the_longest_held_out_one_with_the_eval_tables(trained, tmp_path, capsys):
+    """What `make demo` runs: robofm-eval's JSON at the top of the report of the default episode."""
+    from robofm.data.store import EpisodeStore
+    from robofm.eval.__main__ import main as eval_main
+
+    store, run = trained
+    episodes = EpisodeStore(store).episodes
+    held_out = [e for e in episodes if e.split == "val"] or episodes
+    expected = max(held_out, key=lambda e: e.length).id
+    split = "val" if held_out[0].split == "val" else "train"
+    result = tmp_path / "eval.json"
+    assert eval_main([f"checkpoint={run}", f"data.path={store}", f"split={split}", "horizons=1", "sampler_steps=2",
+                      "batches=1", "batch_size=2", f"out={result}"]) == 0  # fmt: skip
+    main([f"checkpoint={run}", f"data.path={store}", f"horizon={HORIZON}", "sampler_steps=2", f"eval={result}",
+          f"out={tmp_path / 'out'}"])  # fmt: skip
+    html = (tmp_path / "out" / "report.html").read_text()
+    assert f"episode {expected}" in html
+    assert "Held-out actions" in html and "Held-out imagined frames" in html
+    for name in ("train_mean", "repeat_last", "copy_last", "shuffled_actions"):
+        assert f"<th>{name}</th>" in html
 
 
 def test_what_if_file_of_the_wrong_shape_exits_2(trained, tmp_path, capsys):
