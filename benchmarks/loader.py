@@ -125,7 +125,7 @@ def run_converter(src: Path, out: Path, workers: int) -> dict:
     from robofm.data.convert import main as convert_main
 
     argv = ["lerobot", str(src), "--out", str(out), "--resolution", "native", "--workers", str(workers),
-            "--overwrite", "--keep-idle", "--keep-duplicates"]  # fmt: skip
+            "--overwrite", "--keep", "duplicate,near_duplicate,idle"]  # fmt: skip
     start = time.perf_counter()
     with contextlib.redirect_stderr(io.StringIO()):  # its progress bar and summary tables
         code = convert_main(argv)

@@ -11,7 +11,8 @@ import sys
 import time
 from collections import Counter, deque
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
+from functools import partial
 from multiprocessing import get_context
 from pathlib import Path
 
@@ -22,9 +23,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from robofm import __version__
-from robofm.data.episode import Episode, content_hash, motion, resample, resize_frames
+from robofm.data import quality as q
+from robofm.data.episode import Episode, content_hash, resample, resize_frames
 from robofm.data.sources.base import EpisodeRef, Source
-from robofm.data.store import QUALITY, EpisodeStore, StoreWriter, split_from_hash, write_json_atomic
+from robofm.data.store import QUALITY, EpisodeStore, StoreWriter, split_from_hash, task_hash, write_json_atomic
 from robofm.errors import EpisodeError, RobofmError, StoreError, UsageError
 from robofm.tokenizers.image import LatentTokenizer
 
@@ -47,22 +49,23 @@ class ConvertOptions:
     mode: str = "create"  # create | overwrite | append
     strict: bool = False
     val_fraction: float = 0.1
-    drop_duplicates: bool = True
-    drop_idle: bool = True
-    idle_action_std: float = 1e-4
-    idle_frame_change: float = 0.5
+    split_by: str = "hash"  # hash: per episode, from its content hash; task: whole tasks, from the task text
+    quality: q.QualityConfig = field(default_factory=q.QualityConfig)
+    dedup_against: list[Path] = field(default_factory=list)  # stores whose episodes this one must not repeat
     latents: Path | None = None  # a local AutoencoderKL folder: store its latents of the frames too
     argv: list[str] = field(default_factory=list)
 
 
 @dataclass
 class Prepared:
-    """An episode ready to write, or the reason it could not be read."""
+    """An episode ready to write, the quality check it failed, or the reason it could not be read."""
 
     ref: EpisodeRef
     episode: Episode | None = None
     content_hash: str = ""
-    motion: dict | None = None
+    measured: dict | None = None
+    fingerprint: q.Fingerprint | None = None
+    verdict: q.Verdict | None = None
     error: str = ""
 
 
@@ -72,6 +75,9 @@ def prepare(source: Source, ref: EpisodeRef, opts: ConvertOptions) -> Prepared:
         ep = source.load(ref, opts.resolution, opts.resize_mode)
         if opts.embodiment:
             ep.embodiment = opts.embodiment
+        verdict = q.check_source(ep, opts.quality)
+        if verdict is not None:
+            return Prepared(ref, verdict=verdict)
         ep.validate()
         if opts.cameras:
             missing = [c for c in opts.cameras if c not in ep.frames]
@@ -82,9 +88,12 @@ def prepare(source: Source, ref: EpisodeRef, opts: ConvertOptions) -> Prepared:
             ep = resample(ep, opts.fps)
         if opts.resolution:
             ep.frames = {c: resize_frames(fr, opts.resolution, opts.resize_mode) for c, fr in ep.frames.items()}
+        verdict, measured = q.check_content(ep, opts.quality)
+        if verdict is not None:
+            return Prepared(ref, verdict=verdict)
         if opts.latents:
             ep.latents = {c: encode_latents(fr, opts.latents) for c, fr in ep.frames.items()}
-        return Prepared(ref, ep, content_hash(ep), motion(ep))
+        return Prepared(ref, ep, content_hash(ep), measured, q.fingerprint(ep, opts.quality.num_perm))
     except EpisodeError as e:
         return Prepared(ref, error=str(e))
     except Exception as e:  # an unexpected decoder failure is still this episode's failure, not the run's
@@ -167,6 +176,7 @@ def convert(source: Source, opts: ConvertOptions, console: Console | None = None
         latent_tokenizer(opts.latents)  # a bad VAE folder is a usage error now; forked workers inherit the VAE
     writer = _open_existing(opts) if opts.mode == "append" and (opts.out / "manifest.json").exists() else None
     preexisting = set(writer.hash_to_id) if writer else set()
+    seen = _seen(opts, console)
     summary, start, early = Summary(), time.perf_counter(), []
     columns = [TextColumn("[bold]converting"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
                TimeElapsedColumn()]  # fmt: skip
@@ -175,7 +185,7 @@ def convert(source: Source, opts: ConvertOptions, console: Console | None = None
         for p in _prepared_in_order(source, refs, opts):
             if p.episode is not None and writer is None:
                 writer = _new_writer(p.episode, opts, source)
-            entry = _admit(p, writer, preexisting, opts, summary, console)
+            entry = _admit(p, writer, preexisting, seen, opts, summary, console)
             if entry is not None:
                 early.append(entry)
             if writer is not None:
@@ -198,10 +208,28 @@ def convert(source: Source, opts: ConvertOptions, console: Console | None = None
     return summary
 
 
-def _admit(p: Prepared, writer: StoreWriter | None, preexisting: set[str], opts: ConvertOptions,
+def _seen(opts: ConvertOptions, console: Console) -> q.Seen:
+    """What new episodes must not repeat: the store being appended to, and every --dedup-against store."""
+    seen = q.Seen(opts.quality)
+    stores = [(opts.out, "")] if opts.mode == "append" and (opts.out / "manifest.json").exists() else []
+    stores += [(Path(root), f"{root}:") for root in opts.dedup_against]
+    for root, prefix in stores:
+        if not (Path(root) / "manifest.json").is_file():
+            raise UsageError(f"--dedup-against {root}: not an episode store (no manifest.json)")
+        with Progress(TextColumn(f"[bold]indexing {root}"), BarColumn(), MofNCompleteColumn(), console=console) as bar:
+            task = bar.add_task("episodes", total=len(EpisodeStore(root).episodes))
+            seen.add_store(root, prefix, partial(bar.advance, task))
+    return seen
+
+
+def _admit(p: Prepared, writer: StoreWriter | None, preexisting: set[str], seen: q.Seen, opts: ConvertOptions,
            summary: Summary, console: Console) -> dict | None:  # fmt: skip
     """Decide what happens to one prepared episode; write it if kept. Returns its quality.json entry."""
     entry = {"source": p.ref.source, "source_index": p.ref.index}
+    if p.verdict is not None:
+        summary.dropped[p.verdict.reason] += 1
+        return {**entry, "status": "dropped", "reason": p.verdict.reason, "message": p.verdict.message,
+                "value": p.verdict.value}  # fmt: skip
     ep = p.episode
     if ep is not None and set(ep.frames) != set(writer.cameras):
         p = Prepared(p.ref, error=str(ep.fail(f"cameras {sorted(ep.frames)} differ from the store's "
@@ -211,28 +239,26 @@ def _admit(p: Prepared, writer: StoreWriter | None, preexisting: set[str], opts:
     if p.content_hash in preexisting:
         summary.skipped_existing += 1  # --append of an episode the store already has: its verdict stands
         return None
-    if opts.drop_duplicates and p.content_hash in writer.hash_to_id:
-        summary.dropped["duplicate"] += 1
-        return {**entry, "status": "dropped", "reason": "duplicate", "duplicate_of": writer.hash_to_id[p.content_hash]}
-    m = p.motion
-    if opts.drop_idle and max(m["action_std"], m["state_std"]) < opts.idle_action_std and (
-        m["frame_change"] < opts.idle_frame_change
-    ):
-        summary.dropped["idle"] += 1
-        return {**entry, "status": "dropped", "reason": "idle", "value": m}
+    match = seen.match(p.content_hash, p.fingerprint)
+    if match is not None:
+        reason, detail = match
+        summary.dropped[reason] += 1
+        return {**entry, "status": "dropped", "reason": reason, **detail}
     for cam, (h, w) in writer.cameras.items():  # --resolution native: later episodes follow the first one
         if ep.frames[cam].shape[1:3] != (h, w):
             ep.frames[cam] = resize_frames(ep.frames[cam], (h, w), opts.resize_mode)
             if ep.latents is not None:  # rare (native resolution only), so done here rather than in a worker
                 ep.latents[cam] = encode_latents(ep.frames[cam], opts.latents)
+    split_key = task_hash(ep.task) if opts.split_by == "task" else p.content_hash
     try:
-        info = writer.add(ep, p.content_hash, ep.split or split_from_hash(p.content_hash, opts.val_fraction))
+        info = writer.add(ep, p.content_hash, ep.split or split_from_hash(split_key, opts.val_fraction))
     except EpisodeError as e:
         return _failed(entry, str(e), summary, console)
+    seen.add(info.id, p.content_hash, p.fingerprint)
     summary.kept += 1
     summary.frames += ep.length
     notes = {"notes": ep.extra} if ep.extra else {}  # e.g. frames a source trimmed, with the count
-    return {**entry, "status": "kept", "episode_id": info.id, "split": info.split, "value": m, **notes}
+    return {**entry, "status": "kept", "episode_id": info.id, "split": info.split, "value": p.measured, **notes}
 
 
 def _failed(entry: dict, error: str, summary: Summary, console: Console) -> dict:
@@ -374,8 +400,17 @@ def build_parser() -> argparse.ArgumentParser:
         common.add_argument("--strict", action="store_true", help="stop at the first episode that fails")
         common.add_argument("--val-fraction", type=float, default=0.1,
                             help="share of episodes in the 'val' split, assigned from the content hash")  # fmt: skip
-        common.add_argument("--keep-duplicates", action="store_true", help="do not drop exact duplicates")
-        common.add_argument("--keep-idle", action="store_true", help="do not drop idle episodes")
+        common.add_argument("--split-by", choices=["hash", "task"], default="hash",
+                            help="hash: each episode's split from its content hash (default); task: whole tasks "
+                                 "held out, from the task text. Either way adding episodes never moves one")  # fmt: skip
+        filters = p.add_argument_group("quality filters (every verdict and measured value goes to quality.json)")
+        filters.add_argument("--keep", type=lambda v: tuple(r for r in v.split(",") if r), default=(),
+                             metavar="REASONS", help=f"comma-separated reasons not to drop for: {', '.join(q.REASONS)}")
+        filters.add_argument("--quality", nargs="+", default=[], metavar="KEY=VALUE",
+                             help="thresholds, e.g. min_length=20 frozen_frames=15 signal_tol=0.05; keys: "
+                                  f"{', '.join(f.name for f in fields(q.QualityConfig) if f.name != 'keep')}")  # fmt: skip
+        filters.add_argument("--dedup-against", type=Path, action="append", default=[], metavar="STORE",
+                             help="also drop exact and near duplicates of this store's episodes (repeatable)")
     return parser
 
 
@@ -390,10 +425,11 @@ def main(argv: list[str] | None = None) -> int:
         out=args.out, resolution=args.resolution, resize_mode=args.resize_mode, fps=args.fps, cameras=args.cameras,
         workers=args.workers, shard_size_mb=args.shard_size, compression=args.compression,
         embodiment=args.embodiment, mode="overwrite" if args.overwrite else "append" if args.append else "create",
-        strict=args.strict, val_fraction=args.val_fraction, drop_duplicates=not args.keep_duplicates,
-        drop_idle=not args.keep_idle, latents=args.latents, argv=["robofm-convert", *argv],
+        strict=args.strict, val_fraction=args.val_fraction, split_by=args.split_by, dedup_against=args.dedup_against,
+        latents=args.latents, argv=["robofm-convert", *argv],
     )  # fmt: skip
     try:
+        opts.quality = q.QualityConfig.from_settings(args.quality, args.keep)
         if opts.mode == "create" and (opts.out / "manifest.json").exists():
             raise UsageError(f"{opts.out} already holds a store: pass --overwrite to replace it or --append to add")
         source = source_module(args.kind).from_args(args)

@@ -60,6 +60,7 @@ class EpisodeWindowDataset(torch.utils.data.Dataset):
         rank: int = 0,
         world_size: int = 1,
         latents: bool = False,
+        mix_by: str = "frames",
     ) -> None:
         if window_len < 1 or stride < 1:
             raise UsageError(f"window_len and stride must be >= 1, got {window_len} and {stride}")
@@ -89,7 +90,10 @@ class EpisodeWindowDataset(torch.utils.data.Dataset):
         if windows.sum() == 0:
             raise UsageError(f"no episode in split {split!r} of {[str(s.path) for s in specs]} is long enough for "
                              f"a window of {window_len} steps at stride {stride} ({span} frames)")  # fmt: skip
-        weights = np.array([windows[i] if s.weight is None else s.weight for i, s in enumerate(specs)], np.float64)
+        if mix_by not in ("frames", "episodes"):
+            raise UsageError(f"data.mix_by must be frames or episodes, not {mix_by!r}")
+        size = windows if mix_by == "frames" else np.array([len(e) for e in self.episodes], np.float64)
+        weights = np.array([size[i] if s.weight is None else s.weight for i, s in enumerate(specs)], np.float64)
         weights[windows == 0] = 0.0
         self.weights = weights / weights.sum()
         self._cum_weights = np.cumsum(self.weights).tolist()
@@ -136,11 +140,23 @@ class EpisodeWindowDataset(torch.utils.data.Dataset):
             raise IndexError(f"index {index} out of range for {len(self)} samples")
         return _mix(_mix(_mix(self.seed) ^ self.epoch) ^ (self.rank + index * self.world_size))
 
+    def _store_of(self, key: int) -> int:
+        return min(bisect.bisect_right(self._cum_weights, _mix(key ^ 1) / 2.0**64), len(self.stores) - 1)
+
+    def mixture(self) -> list[dict]:
+        """Per store: its episodes and windows, the share it is meant to get, and the share this rank's epoch
+        actually draws (counted over the epoch's first 100,000 samples)."""
+        n = min(len(self), 100_000)
+        drawn = np.bincount([self._store_of(self.sample_key(i)) for i in range(n)], minlength=len(self.stores))
+        return [{"store": str(st.root), "episodes": len(self.episodes[i]),
+                 "windows": int(self.cum_windows[i][-1]) if len(self.cum_windows[i]) else 0,
+                 "weight": float(self.weights[i]), "sampled": float(drawn[i] / max(n, 1)), "draws": n}
+                for i, st in enumerate(self.stores)]  # fmt: skip
+
     def locate(self, index: int) -> tuple[int, EpisodeInfo, int]:
         """(store, episode, first frame) of item `index` of this rank in the current epoch."""
         key = self.sample_key(index)
-        s = bisect.bisect_right(self._cum_weights, _mix(key ^ 1) / 2.0**64)
-        s = min(s, len(self.stores) - 1)
+        s = self._store_of(key)
         w = _mix(key ^ 2) % int(self.cum_windows[s][-1])
         e = int(np.searchsorted(self.cum_windows[s], w, side="right"))
         start = w - (int(self.cum_windows[s][e - 1]) if e > 0 else 0)

@@ -14,6 +14,7 @@ atomically, so a crash leaves the previous store readable.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections import OrderedDict
@@ -27,7 +28,7 @@ import numpy as np
 from robofm import __version__
 from robofm.data.episode import Episode
 from robofm.data.stats import RunningStats
-from robofm.errors import StoreError
+from robofm.errors import StoreError, UsageError
 
 FORMAT_VERSION = 1
 OPEN_EPISODES = 128  # per process: episodes whose datasets EpisodeStore.arrays keeps open
@@ -68,6 +69,11 @@ def write_json_atomic(path: Path, obj: Any) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def task_hash(task: str) -> str:
+    """A content hash of a task text, for splits that hold out whole tasks (`split_from_hash(task_hash(...))`)."""
+    return hashlib.blake2b(task.strip().encode(), digest_size=16).hexdigest()
 
 
 def split_from_hash(content_hash: str, val_fraction: float) -> str:
@@ -288,6 +294,28 @@ def _remove_store(root: Path) -> None:
         shard.unlink()
 
 
+def write_view(base: EpisodeStore, out: Path, keep: set[str], verdicts: list[dict], provenance: dict) -> Path:
+    """A view of `base` at `out` that holds only the episodes `keep`: its own manifest.json (naming the base in
+    "view_of"; the shards stay where they are and are never copied or deleted), stats.json over the kept
+    episodes, and `verdicts` as its quality.json. Anything that opens a store opens a view."""
+    out.mkdir(parents=True, exist_ok=True)
+    manifest = {**base.manifest, "episodes": [asdict(e) for e in base.episodes if e.id in keep],
+                "view_of": str(Path(base.manifest.get("view_of", base.root)).resolve()),
+                "provenance": [*base.manifest.get("provenance", []), provenance]}  # fmt: skip
+    stats: dict[str, dict[str, RunningStats]] = {}
+    for e in base.episodes:
+        if e.id in keep:
+            arrays = base.arrays(e.id)
+            st = stats.setdefault(e.embodiment, {"state": RunningStats(), "action": RunningStats()})
+            st["state"].update(arrays.state[:])
+            if arrays.action is not None:
+                st["action"].update(arrays.action[:])
+    write_json_atomic(out / STATS, {emb: {k: v.result() for k, v in st.items()} for emb, st in stats.items()})
+    write_json_atomic(out / QUALITY, verdicts)
+    write_json_atomic(out / MANIFEST, manifest)
+    return out
+
+
 class EpisodeStore:
     """Reads a store. Validates the manifest against the shards on open.
 
@@ -338,7 +366,9 @@ class EpisodeStore:
         return self.manifest.get("latents")
 
     def shard_path(self, shard: str) -> Path:
-        return self.root / "shards" / shard
+        """Where a shard is: under this store, or under the store a view (`write_view`) filters."""
+        base = Path(self.manifest["view_of"]) if "view_of" in self.manifest else self.root
+        return base / "shards" / shard
 
     def validate(self) -> None:
         """Every shard the manifest names exists and holds its episodes at the recorded lengths."""
@@ -393,12 +423,13 @@ class EpisodeStore:
         return arrays
 
     def info(self, episode_id: str) -> EpisodeInfo:
+        """The episode's manifest row; UsageError naming the ids there are (the first 20) for an unknown one."""
         try:
             return self.by_id[episode_id]
         except KeyError:
             ids = [e.id for e in self.episodes]
-            shown = ", ".join(ids[:10]) + (f" ... ({len(ids)} in all)" if len(ids) > 10 else "")
-            raise StoreError(f"{self.root} has no episode {episode_id!r}; it has {shown}") from None
+            shown = ", ".join(ids[:20]) + (f" ... ({len(ids)} in all)" if len(ids) > 20 else "")
+            raise UsageError(f"{self.root} has no episode {episode_id!r}; it has {shown or 'none'}") from None
 
     def read_episode(self, episode_id: str) -> Episode:
         g, info = self.group(episode_id), self.info(episode_id)

@@ -30,7 +30,7 @@ def build_datasets(cfg: TrainConfig, rank: int = 0,
     specs = store_specs(cfg.data)
     latents = cfg.tokenizer.image == "latent"
     common = dict(window_len=cfg.sequence.window_len, stride=cfg.sequence.stride, cameras=cfg.data.cameras,
-                  latents=latents)  # fmt: skip
+                  latents=latents, mix_by=cfg.data.mix_by)  # fmt: skip
     train = EpisodeWindowDataset(specs, split="train", seed=cfg.seed, samples_per_epoch=cfg.data.samples_per_epoch,
                                  rank=rank, world_size=world_size, **common)  # fmt: skip
     if train.samples_per_epoch < cfg.data.batch_size * world_size:  # an epoch without one batch would loop forever

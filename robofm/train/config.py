@@ -27,11 +27,12 @@ def _one_of(key: str, value: Any, choices) -> None:
 
 @dataclass
 class DataConfig:
-    """path: one store, or several (a mixture); weights: one per store (null: proportional to windows);
-    batch_size: samples per optimizer step and process (before accumulation splits it)."""
+    """path: one store, or several (a mixture); weights: one per store (null: by mix_by, the stores' windows
+    ("frames") or episodes); batch_size: samples per optimizer step and process (before accumulation splits it)."""
 
     path: Any = "outputs/demo/store"  # str or list of str
     weights: Any = None  # null or list of float, one per store
+    mix_by: str = "frames"
     cameras: Any = None  # null (all) or list of camera names
     batch_size: int = 8
     num_workers: int = 2

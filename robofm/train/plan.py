@@ -61,6 +61,11 @@ def plan_rows(cfg, model, builder, dataset) -> list[tuple[str, str]]:
         ("tokens / parameter", f"{ratio:.1f} (Chinchilla guide ~{TOKENS_PER_PARAM:.0f})"),
         ("compute", f"6ND = {flops:.3g} FLOPs"),
     ]
+    mix = dataset.mixture()
+    if len(mix) > 1:  # what each store of the mixture gets, and what the sampler actually draws
+        rows += [(f"mixture {i}", f"{m['store']}: {m['sampled']:.1%} of {m['draws']:,} draws (weight "
+                                  f"{m['weight']:.1%}; {m['episodes']:,} episodes, {m['windows']:,} windows)")
+                 for i, m in enumerate(mix)]  # fmt: skip
     if not RATIO_RANGE[0] <= ratio <= RATIO_RANGE[1]:
         rows.append(("warning", f"tokens/parameter {ratio:.1f} is outside [{RATIO_RANGE[0]:.0f}, {RATIO_RANGE[1]:.0f}]: "
                                 "the model is " + ("under-trained" if ratio < RATIO_RANGE[0] else "small for this data")))

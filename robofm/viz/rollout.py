@@ -52,11 +52,7 @@ def max_horizon(length: int, start: int, window_len: int, stride: int) -> int:
 def open_episode(store: EpisodeStore, episode_id: str, builder, start: int, horizon: int) -> EpisodeRollout:
     """Read the context and the real future of `episode_id` from frame `start`; the horizon is capped by the
     episode's length (logged). UsageError for an unknown episode or one too short for a single imagined step."""
-    if episode_id not in store.by_id:
-        ids = [e.id for e in store.episodes]
-        shown = ", ".join(ids[:20]) + (f" ... ({len(ids)} in all)" if len(ids) > 20 else "")
-        raise UsageError(f"{store.root} has no episode {episode_id!r}; it has {shown}")
-    info = store.by_id[episode_id]
+    info = store.info(episode_id)
     k, s = builder.cfg.window_len, builder.cfg.stride
     if start < 0 or horizon < 1:
         raise UsageError(f"start must be >= 0 and horizon >= 1, got start={start} horizon={horizon}")

@@ -7,10 +7,11 @@ import pytest
 from rich.console import Console
 
 from robofm.data.convert import EXIT_NONE, EXIT_OK, EXIT_PARTIAL, ConvertOptions, convert
+from robofm.data.quality import QualityConfig
 from robofm.data.sources.base import EpisodeRef
 from robofm.data.store import EpisodeStore
 from robofm.errors import EpisodeError
-from tests.conftest import indexed_episode
+from tests.models.conftest import textured_episode
 
 
 class FakeSource:
@@ -32,13 +33,13 @@ class FakeSource:
         seed = int(ref.index)
         if kind == "raise":
             raise EpisodeError("truncated file", file=ref.source, episode=ref.index)
-        ep = indexed_episode(16, seed=0 if kind == "dup" else seed, size=(12, 12))
+        ep = textured_episode(16, seed=0 if kind == "dup" else seed, size=(12, 12))
         ep.source, ep.source_index = ref.source, ref.index
         if kind == "idle":
             ep.state[:] = 1.0
             ep.action[:] = 0.0
             for fr in ep.frames.values():
-                fr[:] = 7
+                fr[:] = fr[0]
         if kind == "nan":
             ep.action[3, 1] = np.nan
         return ep
@@ -54,13 +55,15 @@ def run(tmp_path, kinds, **kw):
 @pytest.mark.parametrize("workers", [1, 2])
 def test_every_episode_gets_a_verdict_with_its_reason(tmp_path, workers):
     summary, quality = run(tmp_path, ["ok", "dup", "idle", "nan", "raise", "ok"], workers=workers)
-    assert [q["status"] for q in quality] == ["kept", "dropped", "dropped", "failed", "failed", "kept"]
+    assert [q["status"] for q in quality] == ["kept", "dropped", "dropped", "dropped", "failed", "kept"]
     assert quality[1]["reason"] == "duplicate" and quality[1]["duplicate_of"] == "ep-000000"
     assert quality[2]["reason"] == "idle" and quality[2]["value"]["frame_change"] == 0.0
-    assert "file fake.h5, episode 3: action has 1 NaN/Inf values (first at step 3, dim 1)" in quality[3]["message"]
+    assert quality[3]["reason"] == "non_finite" and quality[3]["source_index"] == "3"
+    assert quality[3]["message"] == "action has 1 NaN/Inf values (first at step 3, dim 1)"
     assert "episode 4: truncated file" in quality[4]["message"]
-    assert summary.exit_code == EXIT_PARTIAL and summary.kept == 2 and summary.failed == 2
-    assert dict(summary.dropped) == {"duplicate": 1, "idle": 1}
+    assert summary.exit_code == EXIT_PARTIAL and summary.kept == 2 and summary.failed == 1
+    assert dict(summary.dropped) == {"duplicate": 1, "idle": 1, "non_finite": 1}
+    assert {"length", "action_std", "blank_fraction/front", "frozen_run/wrist"} <= quality[0]["value"].keys()
     store = EpisodeStore(tmp_path / "store")
     assert [e.source_index for e in store.episodes] == ["0", "5"]
     assert store.manifest["cameras"] == {"front": [8, 8], "wrist": [8, 8]}
@@ -69,7 +72,7 @@ def test_every_episode_gets_a_verdict_with_its_reason(tmp_path, workers):
 def test_exit_codes(tmp_path):
     assert run(tmp_path / "a", ["ok", "idle"])[0].exit_code == EXIT_OK  # deliberate drops are not failures
     summary, quality = run(tmp_path / "b", ["raise", "nan"])
-    assert summary.exit_code == EXIT_NONE and [q["status"] for q in quality] == ["failed", "failed"]
+    assert summary.exit_code == EXIT_NONE and [q["status"] for q in quality] == ["failed", "dropped"]
 
 
 def test_strict_stops_at_the_first_failure(tmp_path):
@@ -78,7 +81,7 @@ def test_strict_stops_at_the_first_failure(tmp_path):
 
 
 def test_filters_can_be_switched_off(tmp_path):
-    summary, _ = run(tmp_path, ["ok", "dup", "idle"], drop_duplicates=False, drop_idle=False)
+    summary, _ = run(tmp_path, ["ok", "dup", "idle"], quality=QualityConfig(keep=("duplicate", "near_duplicate", "idle")))
     assert summary.kept == 3
 
 

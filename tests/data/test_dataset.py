@@ -79,6 +79,23 @@ def test_mixture_respects_weights_and_keeps_each_store_embodiment(tmp_path):
     assert ds.stats(0, "arm")["state"]["max"][1] == 2.0 and ds.stats(1, "biarm")["state"]["max"][1] == 12.0
 
 
+def test_mixture_by_frames_or_episodes_and_the_report_of_what_is_drawn(tmp_path):
+    """Store a: 2 long episodes (many windows); store b: 6 short ones. By frames a dominates, by episodes b does;
+    mixture() reports the shares the sampler really draws."""
+    a = write_store(tmp_path / "a", [indexed_episode(60, seed=i) for i in range(2)])
+    b = write_store(tmp_path / "b", [indexed_episode(10, seed=10 + i) for i in range(6)])
+    by_frames = EpisodeWindowDataset([a, b], 2, 2, split=None, samples_per_epoch=4000)
+    by_episodes = EpisodeWindowDataset([a, b], 2, 2, split=None, samples_per_epoch=4000, mix_by="episodes")
+    frames_mix, episodes_mix = by_frames.mixture(), by_episodes.mixture()
+    assert [m["windows"] for m in frames_mix] == [2 * 56, 6 * 6] and [m["episodes"] for m in frames_mix] == [2, 6]
+    assert frames_mix[0]["weight"] == pytest.approx(112 / 148) and episodes_mix[0]["weight"] == pytest.approx(0.25)
+    for mix, ds in ((frames_mix, by_frames), (episodes_mix, by_episodes)):
+        drawn = np.mean([ds.locate(i)[0] == 0 for i in range(len(ds))])
+        assert mix[0]["sampled"] == pytest.approx(drawn) and abs(drawn - mix[0]["weight"]) < 0.03
+    with pytest.raises(UsageError, match="data.mix_by must be frames or episodes"):
+        EpisodeWindowDataset([a, b], 2, 2, split=None, mix_by="hours")
+
+
 def test_short_episodes_are_reported_and_splits_honoured(tmp_path, caplog):
     eps = [indexed_episode(30, seed=0), indexed_episode(5, seed=1)]
     root = write_store(tmp_path / "s", eps)

@@ -12,10 +12,12 @@ from tests.lerobot_fixture import make_lerobot_dataset
 def lerobot_dataset(tmp_path_factory):
     return make_lerobot_dataset(tmp_path_factory.mktemp("lr") / "ds", episodes=4, length=12, cameras=("front", "side"))
 
+UNIFORM = ["--keep", "blank"]  # the fixture's frames are uniform on purpose (a value per frame), so "blank"
+
 
 def test_lerobot_dataset_converts_with_cameras_state_action_and_task(lerobot_dataset, tmp_path):
     out = tmp_path / "store"
-    rc = main(["lerobot", str(lerobot_dataset), "--out", str(out), "--resolution", "16x16", "--workers", "2"])
+    rc = main(["lerobot", str(lerobot_dataset), "--out", str(out), "--resolution", "16x16", "--workers", "2", *UNIFORM])
     assert rc == 0
     store = EpisodeStore(out)
     assert len(store.episodes) == 4 and store.fps == 10.0
@@ -38,7 +40,7 @@ def test_lerobot_dataset_converts_with_cameras_state_action_and_task(lerobot_dat
 
 def test_append_twice_changes_nothing_and_existing_store_needs_a_flag(lerobot_dataset, tmp_path):
     out = tmp_path / "store"
-    args = ["lerobot", str(lerobot_dataset), "--out", str(out), "--resolution", "16x16"]
+    args = ["lerobot", str(lerobot_dataset), "--out", str(out), "--resolution", "16x16", *UNIFORM]
     assert main([*args, "--episodes", "0,1"]) == 0
     assert main(args) == 2  # a store is there: neither --overwrite nor --append
     assert main([*args, "--append"]) == 0

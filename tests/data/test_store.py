@@ -6,7 +6,7 @@ import pytest
 
 from robofm.data.episode import content_hash
 from robofm.data.store import FORMAT_VERSION, EpisodeStore, StoreWriter
-from robofm.errors import StoreError
+from robofm.errors import StoreError, UsageError
 from tests.conftest import indexed_episode, write_store
 
 
@@ -80,7 +80,7 @@ def test_manifest_that_disagrees_with_shards_is_rejected(store_factory):
 
 def test_unknown_episode_lists_what_exists(store_factory):
     store = EpisodeStore(store_factory())
-    with pytest.raises(StoreError, match="ep-000000, ep-000001"):
+    with pytest.raises(UsageError, match="has no episode 'ep-999'; it has ep-000000, ep-000001"):
         store.info("ep-999")
 
 
