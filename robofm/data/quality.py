@@ -54,6 +54,7 @@ class QualityConfig:
     max_shift: int = 5
     num_perm: int = 128
     bands: int = 32
+    min_jaccard: float = 0.4
     keep: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
@@ -290,28 +291,33 @@ def similarity(a: Fingerprint, b: Fingerprint) -> dict:
             for name, x, y in zip(("signal", "frames"), a.signatures, b.signatures, strict=True)}  # fmt: skip
 
 
-def distance(a: Fingerprint, b: Fingerprint, max_shift: int, min_overlap: float = 0.8) -> dict | None:
+def distance(a: Fingerprint, b: Fingerprint, max_shift: int, signal_tol: float = np.inf,
+             min_overlap: float = 0.8) -> dict | None:  # fmt: skip
     """The closest alignment of b against a within +-max_shift frames: {"shift", "signal", "frames"}: the RMS
-    signal difference in units of each dimension's range (at least 5% of the largest range, so a constant
-    dimension with a little noise still matches), and the mean over frames of the largest thumbnail difference in
-    grey levels. None when they are not comparable (other dimensions or cameras, or an overlap under min_overlap
-    of the shorter one)."""
+    signal difference in units of each dimension's range over both episodes (at least 5% of the largest range, so
+    a constant dimension with a little noise still matches), and the mean over frames of the largest thumbnail difference in
+    grey levels, computed only at shifts whose signal difference is within signal_tol (else inf). None when they
+    are not comparable (other dimensions or cameras, or an overlap under min_overlap of the shorter one)."""
     if a.signal.shape[1] != b.signal.shape[1] or a.thumbs.shape[1:] != b.thumbs.shape[1:]:
         return None
+    if a.signal.size:
+        span = np.maximum(np.ptp(a.signal, axis=0), np.ptp(b.signal, axis=0))
+        scale = np.maximum(span, max(0.05 * float(span.max()), 1e-6))
+        xs, ys = a.signal / scale, b.signal / scale
     best = None
     for shift in range(-max_shift, max_shift + 1):
         sa, sb = max(shift, 0), max(-shift, 0)
         n = min(len(a.signal) - sa, len(b.signal) - sb)
         if n < min_overlap * min(len(a.signal), len(b.signal)) or n < 2:
             continue
-        x, y = a.signal[sa : sa + n], b.signal[sb : sb + n]
         sig = 0.0
-        if x.size:
-            span = np.maximum(x.max(0) - x.min(0), y.max(0) - y.min(0))
-            scale = np.maximum(span, max(0.05 * float(span.max()), 1e-6))
-            sig = float(np.sqrt((((x - y) / scale) ** 2).mean()))
-        diff = np.abs(a.thumbs[sa : sa + n].astype(np.int16) - b.thumbs[sb : sb + n].astype(np.int16))
-        frames = float(diff.reshape(n, -1).max(axis=1).mean())
+        if a.signal.size:
+            d = xs[sa : sa + n] - ys[sb : sb + n]
+            sig = float(np.sqrt(np.mean(d * d)))
+        frames = np.inf
+        if sig <= signal_tol:  # the thumbnails cost more: only where the trajectories already agree
+            diff = np.abs(a.thumbs[sa : sa + n].astype(np.int16) - b.thumbs[sb : sb + n].astype(np.int16))
+            frames = float(diff.reshape(n, -1).max(axis=1).mean())
         if best is None or (sig, frames) < (best["signal"], best["frames"]):
             best = {"shift": shift, "signal": sig, "frames": frames}
     return best
@@ -319,8 +325,8 @@ def distance(a: Fingerprint, b: Fingerprint, max_shift: int, min_overlap: float 
 
 class NearDuplicateIndex:
     """LSH over both MinHash signatures: `bands` bands of num_perm / bands rows each; episodes that agree on a
-    whole band of either are candidates, and a candidate is a near duplicate when `distance` is within the
-    tolerances."""
+    whole band of either are candidates; a candidate whose estimated Jaccard similarity is at least min_jaccard
+    in one of them is verified, and is a near duplicate when `distance` is within the tolerances."""
 
     def __init__(self, cfg: QualityConfig) -> None:
         self.cfg = cfg
@@ -353,8 +359,10 @@ class NearDuplicateIndex:
             seen.update(self.buckets[band].get(k, ()))
         best = None
         for key in sorted(seen):
+            if max(similarity(self.prints[key], fp).values()) < self.cfg.min_jaccard:
+                continue  # a chance collision in one band: far from the similarity of any near duplicate
             self.candidates_checked += 1
-            d = distance(self.prints[key], fp, self.cfg.max_shift)
+            d = distance(self.prints[key], fp, self.cfg.max_shift, self.cfg.signal_tol)
             if d is None or d["signal"] > self.cfg.signal_tol or d["frames"] > self.cfg.frame_tol:
                 continue
             if best is None or (d["signal"], d["frames"]) < (best["signal"], best["frames"]):
