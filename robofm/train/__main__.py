@@ -3,6 +3,9 @@
     robofm-train experiment=demo
     robofm-train experiment=debug data.path=STORE trainer.max_steps=20 hydra.run.dir=DIR
     torchrun --nproc_per_node=4 -m robofm.train experiment=demo trainer=ddp
+
+`robofm-finetune init_from=EXPORT_DIR data.path=STORE [finetune.mode=full|frozen|lora] ...` is the same
+application starting from a pretrained base (see robofm.train.finetune).
 """
 
 from __future__ import annotations
@@ -35,6 +38,16 @@ def run(cfg: DictConfig) -> None:
 
 
 def main() -> None:
+    run()
+
+
+def finetune_main() -> None:
+    """`robofm-finetune`: robofm-train that must start from a base (init_from=...)."""
+    args = sys.argv[1:]
+    if not any(a.startswith(("init_from=", "+init_from=")) for a in args) and not {"-h", "--help"} & set(args):
+        print("robofm-finetune: error: give init_from=EXPORT_DIR, the pretrained base (an export or run folder)",
+              file=sys.stderr)  # fmt: skip
+        sys.exit(2)
     run()
 
 

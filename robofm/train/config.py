@@ -14,6 +14,7 @@ from robofm.models.build import TokenizerConfig
 from robofm.models.config import SIZES
 from robofm.models.sequence import SequenceConfig
 from robofm.objectives.objective import ObjectiveConfig
+from robofm.train.finetune import FinetuneConfig
 
 
 def _check(key: str, value: Any, ok: bool, expected: str) -> None:
@@ -132,12 +133,16 @@ class TrainConfig:
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     seed: int = 0
     resume: str | None = None  # null | auto | a checkpoint folder
+    init_from: str | None = None  # a pretrained base (export or run folder) to fine-tune; see robofm.train.finetune
 
     def __post_init__(self) -> None:  # accumulation splits the batch into equal micro-batches
         _check("data.batch_size", self.data.batch_size, self.data.batch_size % self.optim.accumulation == 0,
                f"a multiple of optim.accumulation={self.optim.accumulation}")  # fmt: skip
+        _check("optim.ema", self.optim.ema, not (self.finetune.mode == "lora" and self.optim.ema),
+               "0 with finetune.mode=lora (the export merges the adapters of the trained weights)")  # fmt: skip
 
 
 def register() -> None:

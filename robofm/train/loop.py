@@ -16,13 +16,14 @@ from omegaconf import OmegaConf
 from torch.utils.data import DataLoader
 
 from robofm.models.build import save_sequence_builder
+from robofm.models.robofm import RobofmModel
 from robofm.models.sequence import Sequence
 from robofm.objectives.objective import Objective
-from robofm.train import parallelize
+from robofm.train import finetune, parallelize
 from robofm.train.build import build_builder, build_datasets, build_model, build_optimizer, build_scheduler
 from robofm.train.checkpoint import latest_checkpoint, load_checkpoint, resolve_checkpoint, save_checkpoint
 from robofm.train.config import TrainConfig
-from robofm.train.export import export
+from robofm.train.export import export, load_pretrained
 from robofm.train.guard import SpikeGuard
 from robofm.train.logger import MetricsLogger
 from robofm.train.plan import peak_flops, print_plan
@@ -56,12 +57,29 @@ class Trainer:
         resume = self._resume_path()
         self.train_ds, self.val_ds = build_datasets(cfg, self.dist.rank, self.dist.world_size)
         fit_ds = build_datasets(cfg)[0] if self.dist.distributed else self.train_ds  # one tokenization for all ranks
+        base = load_pretrained(cfg.init_from) if cfg.init_from else None  # fine-tuning: robofm.train.finetune
         # a resumed run keeps the tokenization of the run it resumes (a FAST fit on other data would differ)
-        self.builder = build_builder(cfg, fit_ds, resume.parent.parent / "tokenization" if resume else None)
+        saved = resume.parent.parent / "tokenization" if resume else None
+        if base is not None and saved is None:
+            self.builder = finetune.adapt_builder(base.builder, fit_ds, cfg.sequence)
+        else:
+            self.builder = build_builder(cfg, fit_ds, saved)
         # a fresh start replaces what a run killed before its first checkpoint left (its config may have differed)
         if self.dist.is_main and (not resume or not (self.run_dir / "tokenization" / "sequence.json").exists()):
             save_sequence_builder(self.builder, self.run_dir / "tokenization")
-        self.model = build_model(cfg, self.builder).to(self.device)
+        if base is None:
+            self.model = build_model(cfg, self.builder)
+        else:
+            self.model = RobofmModel(finetune.adapt_model_config(base.model.cfg, self.builder))
+            if not resume:
+                report = finetune.load_base_weights(self.model, base.model.state_dict())
+                log.info("fine-tuning %s: %d tensors copied, %d grown (%s), %d new", cfg.init_from,
+                         len(report["copied"]), len(report["grown"]), ", ".join(report["grown"]) or "-",
+                         len(report["new"]))  # fmt: skip
+        self.model = finetune.apply_mode(self.model, cfg.finetune).to(self.device)
+        if base is not None:
+            n, total = finetune.trainable(self.model)
+            log.info("finetune.mode=%s: %.2fM of %.2fM parameters train", cfg.finetune.mode, n / 1e6, total / 1e6)
         self.objective = Objective(cfg.objective)
         self.guard = SpikeGuard(cfg.trainer.guard)
         self.pos = Position()
@@ -253,6 +271,8 @@ class Trainer:
         weights = parallelize.full_tensors(self.ema)  # the EMA weights when the run kept an EMA; every rank gathers
         if weights is None:
             weights = parallelize.full_state_dict(self.model, self.dist)
+        if self.cfg.finetune.mode == "lora":  # the export is a plain model: adapters merged into their weights
+            weights = finetune.merge_lora(self.model)
         if self.dist.is_main:
             out = export(self.run_dir / "export", self.model, self.builder, self.objective.diffusion, weights)
         self.logger.close()

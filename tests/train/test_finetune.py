@@ -1,0 +1,95 @@
+"""robofm-finetune: a debug base fine-tuned on a store of another embodiment (other state and action dimensions),
+in full, frozen and LoRA modes; what trains is what the mode says, and the export is a plain model."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from robofm.models.robofm import RobofmModel
+from robofm.train.export import load_pretrained
+from robofm.train.finetune import FinetuneConfig, apply_mode, load_base_weights, merge_lora, trainable
+from tests.models.conftest import make_store
+from tests.train.conftest import TINY, train_in_process
+
+STEPS = ["trainer.max_steps=3", "trainer.checkpoint_every=3", "optim.lr=1e-2"]
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory, tiny_store):
+    """A pretrained debug export (embodiment "arm": state 3, action 2) and the new robot's store (state 5,
+    action 4)."""
+    root = tmp_path_factory.mktemp("finetune")
+    train_in_process(root / "base", TINY + [f"data.path={tiny_store}", "trainer.max_steps=4"])
+    other = make_store(root / "biarm", n=4, length=16, embodiment="biarm", state_dim=5, action_dim=4)
+    return root / "base", other
+
+
+def finetune(run, base_dir, store, *extra):
+    return train_in_process(run, TINY + [f"data.path={store}", f"init_from={base_dir}", *STEPS, *extra])
+
+
+def test_a_new_embodiment_keeps_the_base_and_grows_what_it_must(base, tmp_path):
+    base_dir, store = base
+    pre = load_pretrained(base_dir)
+    trainer = finetune(tmp_path / "run", base_dir, store)
+    b = trainer.builder
+    assert b.embodiments == ["arm", "biarm"] and (b.state_dim, b.action_dim) == (5, 4)
+    assert b.vocab.size == pre.builder.vocab.size and b.action_norm.dims("biarm") == 4
+    fresh = RobofmModel(trainer.model.cfg)
+    report = load_base_weights(fresh, pre.model.state_dict())
+    assert report["grown"] == ["state_in.weight"] and not report["new"]
+    w, base_w = fresh.state_in.weight, pre.model.state_in.weight  # columns [state 3 | mask 3] -> [state 5 | mask 5]
+    assert torch.equal(w[:, :3], base_w[:, :3]) and torch.equal(w[:, 5:8], base_w[:, 3:])
+    assert torch.equal(fresh.backbone.blocks[0].attn.qkv.weight, pre.model.backbone.blocks[0].attn.qkv.weight)
+    tuned = load_pretrained(tmp_path / "run")  # the export of a fine-tuned run loads like any base
+    assert tuned.builder.embodiments == ["arm", "biarm"]
+    assert not torch.equal(tuned.model.backbone.blocks[0].attn.qkv.weight, pre.model.backbone.blocks[0].attn.qkv.weight)
+
+
+def test_frozen_mode_trains_heads_and_embeddings_only(base, tmp_path):
+    base_dir, store = base
+    pre = load_pretrained(base_dir).model.state_dict()
+    finetune(tmp_path / "run", base_dir, store, "finetune.mode=frozen")
+    tuned = load_pretrained(tmp_path / "run").model.state_dict()
+    blocks = [n for n in tuned if n.startswith("backbone.blocks.")]
+    assert blocks and all(torch.equal(tuned[n], pre[n]) for n in blocks)
+    assert not torch.equal(tuned["token_head.weight"], pre["token_head.weight"])
+
+
+def test_lora_trains_only_adapters_outside_the_heads_and_merges_back(base, tmp_path):
+    base_dir, store = base
+    pre = load_pretrained(base_dir).model.state_dict()
+    trainer = finetune(tmp_path / "run", base_dir, store, "finetune.mode=lora", "finetune.lora_rank=2")
+    model = trainer.model
+    lora = {n: p for n, p in model.named_parameters() if "lora_" in n}
+    cfg = model.cfg
+    per_block = 2 * (cfg.dim + 3 * cfg.dim) + 2 * (cfg.dim + cfg.dim) + 2 * (cfg.dim + 2 * cfg.ffn_dim) \
+        + 2 * (cfg.ffn_dim + cfg.dim)  # rank 2: A (r x in) and B (out x r) for qkv, out, gate_up, down
+    assert sum(p.numel() for p in lora.values()) == cfg.depth * per_block
+    n_train, _ = trainable(model)
+    outside = sum(p.numel() for n, p in model.named_parameters() if not n.startswith("backbone.blocks."))
+    assert n_train == sum(p.numel() for p in lora.values()) + outside
+    base_weights = [n for n, p in model.named_parameters() if n.startswith("backbone.blocks.") and "lora_" not in n]
+    assert all(not dict(model.named_parameters())[n].requires_grad for n in base_weights)
+
+    exported = load_pretrained(tmp_path / "run").model  # a plain RobofmModel: adapters merged into the weights
+    assert not any("lora_" in n for n in exported.state_dict())
+    seq = trainer.builder([trainer.train_ds[i] for i in range(2)])
+    with torch.no_grad():
+        torch.testing.assert_close(exported(seq), model.eval()(seq), atol=1e-4, rtol=1e-4)
+    q = "backbone.blocks.0.attn.qkv.weight"
+    assert not torch.equal(exported.state_dict()[q], pre[q])  # the adapters changed the merged weight
+
+
+def test_merge_of_untrained_adapters_is_the_base_and_bad_modes_fail():
+    from robofm.errors import UsageError
+    from robofm.models.config import ModelConfig
+
+    model = RobofmModel(ModelConfig.sized("debug", vocab_size=300, patch_dim=48, state_dim=3, max_cameras=2,
+                                          max_patches=4))  # fmt: skip
+    plain = {k: v.clone() for k, v in model.state_dict().items()}
+    merged = merge_lora(apply_mode(model, FinetuneConfig(mode="lora", lora_rank=4)))  # B starts at zero
+    assert merged.keys() == plain.keys() and all(torch.equal(merged[k], plain[k]) for k in plain)
+    with pytest.raises(UsageError, match="finetune.mode must be one of full, frozen, lora"):
+        FinetuneConfig(mode="adapters")

@@ -1,0 +1,64 @@
+"""robofm.load_policy: raw observations of any resolution in, actions in robot units out, chunks played from a
+queue (or ensembled), reproducible with a seed, and a clear error for a malformed observation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import robofm
+from robofm.errors import UsageError
+from tests.train.conftest import TINY, train_in_process
+
+
+@pytest.fixture(scope="module")
+def export(tmp_path_factory, tiny_store):
+    run = tmp_path_factory.mktemp("policy") / "run"
+    train_in_process(run, TINY + [f"data.path={tiny_store}", "trainer.max_steps=3"])
+    return run
+
+
+def observation(t: int, size=(30, 20)) -> dict:
+    rng = np.random.default_rng(t)
+    images = {cam: rng.integers(0, 256, (*size, 3), dtype=np.uint8) for cam in ("front", "wrist")}
+    return {"images": images, "state": np.array([t, 1.0, 0.0]), "task": "pick"}
+
+
+def test_actions_have_the_embodiments_shape_and_stay_in_its_range(export):
+    policy = robofm.load_policy(export)
+    lo, hi = policy.builder.action_norm.bounds["arm"]
+    actions = np.stack([policy.select_action(observation(t)) for t in range(7)])
+    assert actions.shape == (7, 2) and actions.dtype == np.float32 and np.isfinite(actions).all()
+    assert (actions >= lo - 1e-4).all() and (actions <= hi + 1e-4).all()  # binning decodes within q01..q99
+
+
+def test_chunks_are_predicted_every_stride_steps_and_sampling_is_reproducible(export, monkeypatch):
+    import robofm.policy as module
+
+    calls = []
+    real = module.predict_action_chunk
+    monkeypatch.setattr(module, "predict_action_chunk", lambda *a, **k: calls.append(a[2]["state"].shape) or real(*a, **k))
+    policy = robofm.load_policy(export, temperature=1.0, seed=3)
+    first = [policy.select_action(observation(t)) for t in range(6)]
+    stride = policy.stride
+    assert len(calls) == 6 // stride and [c[1] for c in calls] == [1, 2, 2]  # history grows to the 2-step window
+    policy.reset()
+    again = [policy.select_action(observation(t)) for t in range(6)]
+    assert all(np.array_equal(a, b) for a, b in zip(first, again, strict=True))
+    calls.clear()
+    ensembled = robofm.load_policy(export, ensemble=0.5)
+    out = [ensembled.select_action(observation(t)) for t in range(4)]
+    assert len(calls) == 4 and all(a.shape == (2,) for a in out)
+
+
+@pytest.mark.parametrize(("obs", "message"), [
+    ({"images": {}, "state": [0, 0, 0]}, "observation must be"),
+    ({"images": {"front": np.zeros((8, 8, 3), np.uint8)}, "state": [0, 0, 0], "task": "x"}, "lack camera(s) ['wrist']"),
+    ({**observation(0), "state": [0, 0]}, "state must be 3 finite numbers for embodiment 'arm'"),
+    ({**observation(0), "images": {"front": np.zeros((8, 8), np.uint8), "wrist": np.zeros((8, 8, 3), np.uint8)}},
+     "images['front'] must be HxWx3 uint8"),
+])  # fmt: skip
+def test_a_malformed_observation_names_what_was_expected(export, obs, message):
+    with pytest.raises(UsageError) as e:
+        robofm.load_policy(export).select_action(obs)
+    assert message in str(e.value)
