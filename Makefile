@@ -1,5 +1,5 @@
 # robofm: `make demo` converts the embedded demo dataset and pretrains on it, `make test` the whole test suite.
-# Both create .venv (Python 3.12) and install robofm into it when needed.
+# Both create .venv (Python 3.12) and install robofm into it (with the dev and sim extras) when needed.
 
 SHELL := /bin/bash
 VENV := .venv
@@ -18,7 +18,7 @@ $(VENV)/.installed: pyproject.toml
 	@test -n "$(PYTHON312)" || { echo "Python 3.12 not found: install it and make python3.12 runnable"; exit 1; }
 	test -x $(PY) || $(PYTHON312) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip install -q -e ".[dev,sim]"
 	touch $@
 
 # Convert the demo dataset (once), pretrain the small model on it on the CPU, evaluate it on the held-out episodes

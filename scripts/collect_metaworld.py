@@ -44,50 +44,15 @@ from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-MT10_TASKS = [
-    "reach-v3",
-    "push-v3",
-    "pick-place-v3",
-    "door-open-v3",
-    "drawer-open-v3",
-    "drawer-close-v3",
-    "button-press-topdown-v3",
-    "peg-insert-side-v3",
-    "window-open-v3",
-    "window-close-v3",
-]
+from robofm.sim.metaworld import (  # noqa: E402
+    CAMERAS,
+    INSTRUCTIONS,
+    MT10_TASKS,
+    STATE_NAMES,
+    Renderer,
+    split_obs,
+)
 
-# Natural-language instruction per MetaWorld task (the LeRobot "task" string of each frame).
-INSTRUCTIONS = {
-    "reach-v3": "reach the goal position",
-    "push-v3": "push the puck to the goal",
-    "pick-place-v3": "pick up the puck and place it at the goal",
-    "door-open-v3": "open the door",
-    "drawer-open-v3": "open the drawer",
-    "drawer-close-v3": "close the drawer",
-    "button-press-topdown-v3": "press the button from the top",
-    "peg-insert-side-v3": "insert the peg into the hole from the side",
-    "window-open-v3": "open the window",
-    "window-close-v3": "close the window",
-}
-
-# Cameras. MetaWorld's fixed "corner*" cameras render upside down (their up axis points at the floor), so their
-# images are rotated by 180 degrees (both axes flipped: a rotation, not a mirror). "corner2" is moved to
-# (0.75, 0.075, 0.7) exactly like lerobot's MetaWorld eval env (lerobot/envs/metaworld.py) does, so policies
-# trained on this view can be evaluated there; it looks at the table from the robot's right (+x). "left" is a free
-# camera (not in MetaWorld's XML) looking at the workspace from the robot's left (-x), slightly in front of the
-# base, so that what the arm or an object hides in one view is mostly visible in the other. "front" faces the
-# robot across the table (it sees the backs of the door and drawer, so it is not a default).
-CAMERAS = {
-    "corner": dict(name="corner", rotate180=True),
-    "corner2": dict(name="corner2", rotate180=True, pos=(0.75, 0.075, 0.7)),
-    "corner4": dict(name="corner4", rotate180=True),
-    "left": dict(lookat=(0.0, 0.65, 0.12), distance=1.1, azimuth=20.0, elevation=-35.0),
-    "front": dict(lookat=(0.0, 0.65, 0.12), distance=1.2, azimuth=-90.0, elevation=-30.0),
-}
-SHADOW_MAP_SIZE = 1024  # MetaWorld's 4096 shadow map doubles software-GL render time for no visible gain at 96 px
-
-STATE_NAMES = ["hand_x", "hand_y", "hand_z", "gripper_open"]
 # Object quaternion as MetaWorld reports it: xyzw (scipy) for reach/push/pick-place/door/peg, wxyz (MuJoCo) for
 # drawer-open/button, zeros for drawer-close/window-*. MT10 tasks have one object, so the second object slot of the
 # observation (obs[11:18]) is always zero and is dropped.
@@ -144,62 +109,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-class Renderer:
-    """Offscreen renderer for one env: one mujoco.Renderer shared by all cameras of that env."""
-
-    def __init__(self, env, cameras: list[str], size: int) -> None:
-        import mujoco
-
-        self.env = env
-        env.model.vis.quality.shadowsize = SHADOW_MAP_SIZE  # read when the GL context is created, just below
-        self.renderer = mujoco.Renderer(env.model, size, size)
-        self.views = {}
-        for cam in cameras:
-            spec = CAMERAS[cam]
-            if "name" in spec:
-                cam_id = mujoco.mj_name2id(env.model, mujoco.mjtObj.mjOBJ_CAMERA, spec["name"])
-                if cam_id < 0:
-                    raise RuntimeError(f"camera {spec['name']!r} is not in the MetaWorld model")
-                if "pos" in spec:
-                    env.model.cam_pos[cam_id] = spec["pos"]
-                self.views[cam] = (cam_id, spec["rotate180"])
-            else:
-                free = mujoco.MjvCamera()
-                free.type = mujoco.mjtCamera.mjCAMERA_FREE
-                free.lookat[:] = spec["lookat"]
-                free.distance, free.azimuth, free.elevation = spec["distance"], spec["azimuth"], spec["elevation"]
-                self.views[cam] = (free, False)
-        mujoco.mj_forward(env.model, env.data)  # cam_pos edits reach the camera frames only through mj_forward
-
-    def render(self) -> dict[str, np.ndarray]:
-        out = {}
-        for cam, (camera, rotate) in self.views.items():
-            self.renderer.update_scene(self.env.data, camera=camera)
-            img = self.renderer.render()
-            out[cam] = np.ascontiguousarray(img[::-1, ::-1] if rotate else img)
-        return out
-
-    def close(self) -> None:
-        self.renderer.close()
-
-
 @dataclass
 class Episode:
     frames: list[dict] = field(default_factory=list)
     success_frame: int | None = None  # first recorded frame whose action led to success
-
-
-def split_obs(obs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """MetaWorld's 39-dim observation -> (state: hand xyz + gripper opening, environment state: object pose + goal).
-
-    obs[0:3] hand xyz (m), obs[3] gripper opening in [0, 1], obs[4:11] object pos xyz + quat, obs[11:18] a second
-    object (zero in MT10), obs[18:36] the same 18 values one control step (12.5 ms) earlier (MetaWorld's frame
-    stacking; dropped), obs[36:39] goal xyz (m)."""
-    if np.any(obs[11:18] != 0):
-        raise RuntimeError("this task has a second object; environment_state would drop it")
-    state = obs[0:4].astype(np.float32)
-    env_state = np.concatenate([obs[4:11], obs[36:39]]).astype(np.float32)
-    return state, env_state
 
 
 def run_episode(env, policy, renderer: Renderer | None, rng: np.random.Generator, args, repeat: int) -> Episode:

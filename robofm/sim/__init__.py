@@ -1,0 +1,1 @@
+"""Simulated environments for evaluating robofm policies."""

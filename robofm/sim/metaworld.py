@@ -1,0 +1,139 @@
+"""MetaWorld for robofm: the demo tasks, their instructions, the cameras and renderer the demo data was recorded
+with, and the split of MetaWorld's observation into the robot state robofm stores. Shared by
+scripts/collect_metaworld.py (which records demonstrations) and robofm-eval-sim (which runs policies), so a
+policy sees in simulation exactly what it was trained on. Needs the sim extra (`pip install robofm[sim]`).
+
+Headless rendering: MUJOCO_GL defaults to egl on a machine with a CUDA GPU and osmesa otherwise; it is set here,
+unless the environment already chose, and only takes effect if this module is imported before mujoco (or
+metaworld) is: import it first, or set MUJOCO_GL yourself.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+if "MUJOCO_GL" not in os.environ:
+    import torch
+
+    os.environ["MUJOCO_GL"] = "egl" if torch.cuda.is_available() else "osmesa"
+if os.environ["MUJOCO_GL"] in ("osmesa", "egl"):
+    os.environ.setdefault("PYOPENGL_PLATFORM", os.environ["MUJOCO_GL"])
+
+MT10_TASKS = [
+    "reach-v3",
+    "push-v3",
+    "pick-place-v3",
+    "door-open-v3",
+    "drawer-open-v3",
+    "drawer-close-v3",
+    "button-press-topdown-v3",
+    "peg-insert-side-v3",
+    "window-open-v3",
+    "window-close-v3",
+]
+
+# Natural-language instruction per MetaWorld task (the LeRobot "task" string of each frame).
+INSTRUCTIONS = {
+    "reach-v3": "reach the goal position",
+    "push-v3": "push the puck to the goal",
+    "pick-place-v3": "pick up the puck and place it at the goal",
+    "door-open-v3": "open the door",
+    "drawer-open-v3": "open the drawer",
+    "drawer-close-v3": "close the drawer",
+    "button-press-topdown-v3": "press the button from the top",
+    "peg-insert-side-v3": "insert the peg into the hole from the side",
+    "window-open-v3": "open the window",
+    "window-close-v3": "close the window",
+}
+
+# Cameras. MetaWorld's fixed "corner*" cameras render upside down (their up axis points at the floor), so their
+# images are rotated by 180 degrees (both axes flipped: a rotation, not a mirror). "corner2" is moved to
+# (0.75, 0.075, 0.7) exactly like lerobot's MetaWorld eval env (lerobot/envs/metaworld.py) does, so policies
+# trained on this view can be evaluated there; it looks at the table from the robot's right (+x). "left" is a free
+# camera (not in MetaWorld's XML) looking at the workspace from the robot's left (-x), slightly in front of the
+# base, so that what the arm or an object hides in one view is mostly visible in the other. "front" faces the
+# robot across the table (it sees the backs of the door and drawer, so it is not a default).
+CAMERAS = {
+    "corner": dict(name="corner", rotate180=True),
+    "corner2": dict(name="corner2", rotate180=True, pos=(0.75, 0.075, 0.7)),
+    "corner4": dict(name="corner4", rotate180=True),
+    "left": dict(lookat=(0.0, 0.65, 0.12), distance=1.1, azimuth=20.0, elevation=-35.0),
+    "front": dict(lookat=(0.0, 0.65, 0.12), distance=1.2, azimuth=-90.0, elevation=-30.0),
+}
+SHADOW_MAP_SIZE = 1024  # MetaWorld's 4096 shadow map doubles software-GL render time for no visible gain at 96 px
+
+STATE_NAMES = ["hand_x", "hand_y", "hand_z", "gripper_open"]
+
+
+class Renderer:
+    """Offscreen renderer for one env: one mujoco.Renderer shared by all cameras of that env."""
+
+    def __init__(self, env, cameras: list[str], size: int) -> None:
+        import mujoco
+
+        self.env = env
+        env.model.vis.quality.shadowsize = SHADOW_MAP_SIZE  # read when the GL context is created, just below
+        self.renderer = mujoco.Renderer(env.model, size, size)
+        self.views = {}
+        for cam in cameras:
+            spec = CAMERAS[cam]
+            if "name" in spec:
+                cam_id = mujoco.mj_name2id(env.model, mujoco.mjtObj.mjOBJ_CAMERA, spec["name"])
+                if cam_id < 0:
+                    raise RuntimeError(f"camera {spec['name']!r} is not in the MetaWorld model")
+                if "pos" in spec:
+                    env.model.cam_pos[cam_id] = spec["pos"]
+                self.views[cam] = (cam_id, spec["rotate180"])
+            else:
+                free = mujoco.MjvCamera()
+                free.type = mujoco.mjtCamera.mjCAMERA_FREE
+                free.lookat[:] = spec["lookat"]
+                free.distance, free.azimuth, free.elevation = spec["distance"], spec["azimuth"], spec["elevation"]
+                self.views[cam] = (free, False)
+        mujoco.mj_forward(env.model, env.data)  # cam_pos edits reach the camera frames only through mj_forward
+
+    def render(self) -> dict[str, np.ndarray]:
+        out = {}
+        for cam, (camera, rotate) in self.views.items():
+            self.renderer.update_scene(self.env.data, camera=camera)
+            img = self.renderer.render()
+            out[cam] = np.ascontiguousarray(img[::-1, ::-1] if rotate else img)
+        return out
+
+    def close(self) -> None:
+        self.renderer.close()
+
+
+def split_obs(obs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """MetaWorld's 39-dim observation -> (state: hand xyz + gripper opening, environment state: object pose + goal).
+
+    obs[0:3] hand xyz (m), obs[3] gripper opening in [0, 1], obs[4:11] object pos xyz + quat, obs[11:18] a second
+    object (zero in MT10), obs[18:36] the same 18 values one control step (12.5 ms) earlier (MetaWorld's frame
+    stacking; dropped), obs[36:39] goal xyz (m)."""
+    if np.any(obs[11:18] != 0):
+        raise RuntimeError("this task has a second object; environment_state would drop it")
+    state = obs[0:4].astype(np.float32)
+    env_state = np.concatenate([obs[4:11], obs[36:39]]).astype(np.float32)
+    return state, env_state
+
+
+def make_env(task: str, seed: int, fps: float, max_frames: int):
+    """(env, layouts, repeat) of MetaWorld's MT1 benchmark for `task`: the env, its 50 goal/object layouts drawn
+    with `seed`, and how many 12.5 ms simulator steps make one control step at `fps` (the demo data's 20 fps: 4)."""
+    import metaworld
+
+    from robofm.errors import UsageError
+
+    try:
+        bench = metaworld.MT1(task, seed=seed)
+    except (KeyError, ValueError) as e:
+        raise UsageError(f"task {task!r} is not a MetaWorld v3 task (e.g. {', '.join(MT10_TASKS[:3])}): {e}") from e
+    env = bench.train_classes[task]()
+    dt = float(env.model.opt.timestep) * env.frame_skip
+    repeat = round(1.0 / (fps * dt))
+    if repeat < 1 or abs(repeat * dt * fps - 1.0) > 1e-6:
+        raise UsageError(f"{fps} fps is not a whole number of MetaWorld steps of {dt * 1000:.1f} ms")
+    env.max_path_length = max_frames * repeat + 1
+    return env, bench.train_tasks, repeat
