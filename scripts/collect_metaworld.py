@@ -38,6 +38,7 @@ import shutil  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 import warnings  # noqa: E402
+import zlib  # noqa: E402
 from collections import Counter  # noqa: E402
 from dataclasses import dataclass, field  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -212,7 +213,8 @@ def main(argv: list[str] | None = None) -> int:
                 break
             attempts[task] += 1
             env.set_task(layout)
-            noise_seed = [args.seed, MT10_TASKS.index(task), layout_index]  # independent of --tasks order
+            task_index = MT10_TASKS.index(task) if task in MT10_TASKS else 100 + zlib.crc32(task.encode()) % 10_000
+            noise_seed = [args.seed, task_index, layout_index]  # independent of --tasks order
             # Dry run without rendering (software GL is the slow part), then replay the successes with cameras.
             dry = run_episode(env, policy, None, np.random.default_rng(noise_seed), args, repeat)
             if dry.success_frame is None:

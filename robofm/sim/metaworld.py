@@ -46,6 +46,7 @@ INSTRUCTIONS = {
     "peg-insert-side-v3": "insert the peg into the hole from the side",
     "window-open-v3": "open the window",
     "window-close-v3": "close the window",
+    "handle-press-v3": "press the handle down",  # outside MT10: the fine-tuning task of benchmarks/finetune.py
 }
 
 # Cameras. MetaWorld's fixed "corner*" cameras render upside down (their up axis points at the floor), so their
