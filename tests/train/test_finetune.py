@@ -93,3 +93,16 @@ def test_merge_of_untrained_adapters_is_the_base_and_bad_modes_fail():
     assert merged.keys() == plain.keys() and all(torch.equal(merged[k], plain[k]) for k in plain)
     with pytest.raises(UsageError, match="finetune.mode must be one of full, frozen, lora"):
         FinetuneConfig(mode="adapters")
+
+
+def test_a_lora_fine_tune_resumes_from_its_checkpoint(base, tmp_path):
+    """resume=auto continues a fine-tuning run: the adapters come back from the checkpoint, not from the base."""
+    base_dir, store = base
+    run = tmp_path / "run"
+    first = finetune(run, base_dir, store, "finetune.mode=lora", "trainer.max_steps=2", "trainer.checkpoint_every=1")
+    adapters = {n: p.detach().clone() for n, p in first.model.named_parameters() if "lora_B" in n}
+    resumed = train_in_process(run, TINY + [f"data.path={store}", f"init_from={base_dir}", "finetune.mode=lora",
+                                            "trainer.max_steps=2", "resume=auto"])  # fmt: skip
+    assert resumed.pos.step == 2
+    now = dict(resumed.model.named_parameters())
+    assert all(torch.equal(now[n], w) for n, w in adapters.items()) and any(w.abs().sum() > 0 for w in adapters.values())
