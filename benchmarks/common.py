@@ -46,3 +46,11 @@ def write_section(path: Path, heading: str, section: str) -> None:
     else:
         lines += ["", *section.rstrip("\n").splitlines()]
     path.write_text("\n".join(lines).rstrip("\n") + "\n")
+
+
+def publish(heading: str, section: str, write: bool) -> None:
+    """Print a benchmark's RESULTS.md section and, with --write-results, put it in RESULTS.md."""
+    print("\n" + section)
+    if write:
+        write_section(RESULTS, heading, section)
+        print(f"updated {RESULTS}")

@@ -16,7 +16,7 @@ import argparse
 import time
 
 import numpy as np
-from common import RESULTS, cpu_name, load_now, robofm_revision, verdict, write_section
+from common import cpu_name, load_now, publish, robofm_revision, verdict
 
 from robofm.data.episode import Episode
 from robofm.data.quality import QualityConfig, Seen, fingerprint
@@ -94,9 +94,7 @@ def main() -> None:
         f"Time ratio {large['episodes'] // small['episodes']}x the episodes: **{ratio:.1f}x** (target under "
         f"{TARGET_RATIO:g}x, all pairs would be 100x): {verdict(ratio < TARGET_RATIO)}.",
     ])  # fmt: skip
-    print(text)
-    if args.write_results:
-        write_section(RESULTS, SECTION, text)
+    publish(SECTION, text, args.write_results)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from common import REPO, RESULTS, cpu_name, load_now, robofm_revision, write_section
+from common import REPO, cpu_name, load_now, publish, robofm_revision
 
 SECTION = "## Fine-tuning: pretrained base against scratch"
 BIN = Path(sys.executable).parent
@@ -81,10 +81,8 @@ def main() -> None:
         lines.append(f"| {name} | {mse['model']:.4f} | {mse['train_mean']:.4f} | {mse['repeat_last']:.4f} | "
                      f"{acc:.3f} | {success} |")  # fmt: skip
     text = "\n".join(lines)
-    print(text)
     (args.out / "results.json").write_text(json.dumps(results, indent=1, default=str))
-    if args.write_results:
-        write_section(RESULTS, SECTION, text)
+    publish(SECTION, text, args.write_results)
 
 
 if __name__ == "__main__":

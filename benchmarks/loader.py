@@ -31,7 +31,7 @@ import av
 import numpy as np
 import psutil
 import torch
-from common import REPO, RESULTS, cpu_name, load_now, robofm_revision, verdict, write_section
+from common import REPO, cpu_name, load_now, publish, robofm_revision, verdict
 from torch.utils.data import DataLoader, RandomSampler
 
 SECTION = "## Loader and converter"
@@ -352,10 +352,7 @@ def main(argv: list[str] | None = None) -> int:
     rss = rss_run(robofm_dataset(store, args.window, args.stride, args.rss_samples), args.rss_samples,
                   args.rss_warmup, args.batch_size, args.num_workers)  # fmt: skip
     section = report(argv, args, m, backend, conv, load, rss)
-    print("\n" + section)
-    if args.write_results:
-        write_section(RESULTS, SECTION, section)
-        print(f"updated {RESULTS}")
+    publish(SECTION, section, args.write_results)
     print(f"total {time.perf_counter() - t0:.0f} s")
     return 0
 

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from common import REPO, RESULTS, cpu_name, load_now, robofm_revision, verdict, write_section
+from common import REPO, cpu_name, load_now, publish, robofm_revision, verdict
 from torch import Tensor, nn
 from torch.utils.data import default_collate
 
@@ -386,10 +386,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"imagination: {im['cache']['fps']:.2f} vs {im['nocache']['fps']:.2f} frames/s "
           f"({time.perf_counter() - t0:.0f} s)", flush=True)  # fmt: skip
     section = report(argv, args, m, tr, im)
-    print("\n" + section)
-    if args.write_results:
-        write_section(RESULTS, SECTION, section)
-        print(f"updated {RESULTS}")
+    publish(SECTION, section, args.write_results)
     print(f"total {time.perf_counter() - t0:.0f} s")
     return 0
 

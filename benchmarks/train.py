@@ -19,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import REPO, RESULTS, verdict, write_section
+from common import REPO, publish, verdict
 
 SECTION = "## Training throughput"
 TARGET_DATA_WAIT = 0.05
@@ -81,9 +81,7 @@ workers, fp32 on the CPU, {args.steps} steps; steady state over steps {args.skip
 | time waiting for data | {100 * wait:.1f}% of step time | < {100 * TARGET_DATA_WAIT:.0f}% | {result} |
 | data wait including the first {args.skip} steps (worker start-up) | {100 * last["data_wait"]:.1f}% | | |
 """
-    print(text)
-    if args.write_results:
-        write_section(RESULTS, SECTION, text)
+    publish(SECTION, text, args.write_results)
     return 0 if result == "pass" else 1
 
 

@@ -56,3 +56,12 @@ def store_factory(tmp_path):
         return write_store(tmp_path / name, eps)
 
     return make
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models run faster on one thread; two threads on a busy 2-core machine are ~30x slower (OpenMP)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -216,9 +216,10 @@ def _seen(opts: ConvertOptions, console: Console) -> q.Seen:
     for root, prefix in stores:
         if not (Path(root) / "manifest.json").is_file():
             raise UsageError(f"--dedup-against {root}: not an episode store (no manifest.json)")
+        store = EpisodeStore(root)
         with Progress(TextColumn(f"[bold]indexing {root}"), BarColumn(), MofNCompleteColumn(), console=console) as bar:
-            task = bar.add_task("episodes", total=len(EpisodeStore(root).episodes))
-            seen.add_store(root, prefix, partial(bar.advance, task))
+            task = bar.add_task("episodes", total=len(store.episodes))
+            seen.add_store(store, prefix, partial(bar.advance, task))
     return seen
 
 

@@ -63,8 +63,9 @@ def load_heldout(path: Path, cfg: DecontaminationConfig, like: EpisodeStore, con
         store = EpisodeStore(path)
         with Progress(TextColumn(f"[bold]indexing held-out {path}"), *columns, console=console) as bar:
             task = bar.add_task("episodes", total=len(store.episodes))
-            seen.add_store(path, "", lambda: bar.advance(task))
-        return seen, sorted({e.task for e in store.episodes}), len(store.episodes)
+            tasks, n = sorted({e.task for e in store.episodes}), len(store.episodes)
+            seen.add_store(store, "", lambda: bar.advance(task))
+        return seen, tasks, n
     if not (path / "meta" / "info.json").is_file():
         raise UsageError(f"--heldout {path} is neither an episode store nor a LeRobot v3 dataset: convert it with "
                          "robofm-convert (any format) and pass the store")  # fmt: skip

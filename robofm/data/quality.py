@@ -26,7 +26,6 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, fields
-from pathlib import Path
 
 import numpy as np
 
@@ -383,15 +382,13 @@ class Seen:
         self.hashes.setdefault(content_hash, name)
         self.index.add(name, fp)
 
-    def add_store(self, root: str | Path, prefix: str = "", advance: Callable[[], None] | None = None) -> int:
-        """Every episode of the store at `root` (names prefixed with `prefix`); returns how many."""
-        store = EpisodeStore(root)
+    def add_store(self, store: EpisodeStore, prefix: str = "", advance: Callable[[], None] | None = None) -> None:
+        """Every episode of `store` (names prefixed with `prefix`)."""
         for info in store.episodes:
             self.add(prefix + info.id, info.content_hash, fingerprint(store.read_episode(info.id), self.cfg.num_perm))
             if advance is not None:
                 advance()
         store.close()
-        return len(store.episodes)
 
     def match(self, content_hash: str, fp: Fingerprint) -> tuple[str, dict] | None:
         """("duplicate", {"duplicate_of"}) or ("near_duplicate", {"duplicate_of", "value"}) unless `keep`."""

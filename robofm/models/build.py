@@ -44,12 +44,7 @@ def build_sequence_builder(dataset, seq: SequenceConfig, tok: TokenizerConfig) -
     embodiment). A FAST tokenizer is fitted here on action chunks drawn from the dataset; with
     seq.action_tokens 0 its chunks get 1.25x the slots of the longest fitted chunk (longer ones are cut and
     decode through the tokenizer's fallback)."""
-    if (dataset.window_len, dataset.stride) != (seq.window_len, seq.stride):
-        raise UsageError(f"the dataset gives windows of {dataset.window_len} steps at stride {dataset.stride}; the "
-                         f"sequence expects {seq.window_len} at {seq.stride}")  # fmt: skip
-    stats = [st.stats for st in dataset.stores]
-    state_norm = Normalizer.merge([Normalizer.from_stats(s, "state") for s in stats])
-    action_norm = Normalizer.merge([Normalizer.from_stats(s, "action") for s in stats])
+    state_norm, action_norm = dataset_normalizers(dataset, seq)
     embodiments = sorted({e for st in dataset.stores for e in st.manifest["embodiments"]})
     image = build_image_tokenizer(tok.image, tok.patch_size, tok.vae_path)
     if image.input_key == "latents":
@@ -71,6 +66,17 @@ def build_sequence_builder(dataset, seq: SequenceConfig, tok: TokenizerConfig) -
                            action_norm=action_norm, vocab=vocab, embodiments=embodiments, cameras=dataset.cameras,
                            frame_shape=frame_shape, state_dim=dataset.state_dim,
                            action_dim=max(dataset.action_dim, 1))  # fmt: skip
+
+
+def dataset_normalizers(dataset, seq: SequenceConfig) -> tuple[Normalizer, Normalizer]:
+    """(state, action) normalizers of all the dataset's stores, merged per embodiment, after checking that the
+    dataset's windows are the sequence's."""
+    if (dataset.window_len, dataset.stride) != (seq.window_len, seq.stride):
+        raise UsageError(f"the dataset gives windows of {dataset.window_len} steps at stride {dataset.stride}; the "
+                         f"sequence expects {seq.window_len} at {seq.stride}")  # fmt: skip
+    stats = [st.stats for st in dataset.stores]
+    return (Normalizer.merge([Normalizer.from_stats(s, "state") for s in stats]),
+            Normalizer.merge([Normalizer.from_stats(s, "action") for s in stats]))  # fmt: skip
 
 
 def _action_chunks(dataset, norm: Normalizer, n: int):

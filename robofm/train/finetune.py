@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from robofm.errors import UsageError
+from robofm.models.build import dataset_normalizers
 from robofm.models.config import ModelConfig
 from robofm.models.sequence import SequenceBuilder, SequenceConfig
 from robofm.tokenizers.action import Normalizer
@@ -50,14 +51,9 @@ class FinetuneConfig:
 
 def adapt_builder(base: SequenceBuilder, dataset, seq: SequenceConfig) -> SequenceBuilder:
     """The base's tokenization for `dataset` (an EpisodeWindowDataset): see the module docstring."""
-    if (dataset.window_len, dataset.stride) != (seq.window_len, seq.stride):
-        raise UsageError(f"the dataset gives windows of {dataset.window_len} steps at stride {dataset.stride}; the "
-                         f"sequence expects {seq.window_len} at {seq.stride}")  # fmt: skip
+    new_state, new_action = dataset_normalizers(dataset, seq)
     if not base.binning and seq.action_tokens != base.cfg.action_tokens:
         seq = replace(seq, action_tokens=base.cfg.action_tokens)  # FAST chunks keep the base's slot count
-    stats = [st.stats for st in dataset.stores]
-    new_state = Normalizer.merge([Normalizer.from_stats(s, "state") for s in stats])
-    new_action = Normalizer.merge([Normalizer.from_stats(s, "action") for s in stats])
     names = sorted({e for st in dataset.stores for e in st.manifest["embodiments"]})
     embodiments = base.embodiments + [e for e in names if e not in base.embodiments]
     if len(embodiments) > base.vocab.max_embodiments:

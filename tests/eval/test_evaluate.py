@@ -41,14 +41,6 @@ def run_dir(held_out_store, tmp_path_factory) -> Path:
     return run
 
 
-@pytest.fixture
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_eval_writes_every_key_and_is_reproducible(run_dir, held_out_store, tmp_path, one_thread):
     outs = [tmp_path / "a.json", tmp_path / "b.json"]
     for out in outs:

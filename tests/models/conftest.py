@@ -56,11 +56,3 @@ def tiny(tmp_path_factory):
     """(dataset, builder) over 4 episodes of 16 frames, 2 cameras of 8x8, state 3, action 2."""
     return make_builder(make_store(tmp_path_factory.mktemp("tiny") / "store"))
 
-
-@pytest.fixture
-def one_thread():
-    """Tiny models run faster on one thread; two threads on a busy 2-core machine are ~30x slower (OpenMP)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
