@@ -16,6 +16,8 @@ PYTHON312 ?= $(shell for p in python3.12 $$HOME/.pyenv/versions/3.12*/bin/python
 
 $(VENV)/.installed: pyproject.toml
 	@test -n "$(PYTHON312)" || { echo "Python 3.12 not found: install it and make python3.12 runnable"; exit 1; }
+	@free=$$(df -Pk . | awk 'NR==2 {print int($$4 / 1048576)}'); test -x $(PY) || test "$$free" -ge 7 || \
+	  { echo "The environment needs about 7 GB of disk (PyTorch's CUDA build and its libraries); $$free GB free here"; exit 1; }
 	test -x $(PY) || $(PYTHON312) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e ".[dev,sim]"
