@@ -45,6 +45,7 @@ class EpisodeWindowDataset(torch.utils.data.Dataset):
       latents       float16 [C, K+1, c, h, w]   only with latents=True: the VAE latents of `frames`, stored by
                                                 `robofm-convert --latents` (zeros for a camera the store lacks)
     State and actions are in robot units; normalization uses `stats(store, embodiment)`.
+    Episodes too short for a window are listed in `too_short` and logged as a warning (unless warn_short=False).
     """
 
     def __init__(
@@ -61,6 +62,7 @@ class EpisodeWindowDataset(torch.utils.data.Dataset):
         world_size: int = 1,
         latents: bool = False,
         mix_by: str = "frames",
+        warn_short: bool = True,
     ) -> None:
         if window_len < 1 or stride < 1:
             raise UsageError(f"window_len and stride must be >= 1, got {window_len} and {stride}")
@@ -83,7 +85,7 @@ class EpisodeWindowDataset(torch.utils.data.Dataset):
             self.too_short += [(str(st.root), e.id, e.length) for e in eps if e.length < span]
             self.episodes.append(usable)
             self.cum_windows.append(np.cumsum([e.length - span + 1 for e in usable]))
-        if self.too_short:
+        if self.too_short and warn_short:
             log.warning("%d episodes are shorter than a window of %d frames and are not sampled: %s",
                         len(self.too_short), span, self.too_short[:5])  # fmt: skip
         windows = np.array([c[-1] if len(c) else 0 for c in self.cum_windows], dtype=np.float64)

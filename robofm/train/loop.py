@@ -167,9 +167,10 @@ class Trainer:
         totals = {k: 0.0 for k in TERMS}
         for i in range(acc):
             micro = seq[i * b // acc : (i + 1) * b // acc].to(self.device)
-            with self.autocast:
-                out = self.objective(self.train_model, micro)
-            (out["total"] / acc).backward()
+            with parallelize.gradient_sync(self.train_model, enabled=i == acc - 1):
+                with self.autocast:
+                    out = self.objective(self.train_model, micro)
+                (out["total"] / acc).backward()
             for k in TERMS:
                 totals[k] += float(out[k].detach()) / acc
         grad_norm = parallelize.clip_grad_norm(self.model, self.cfg.optim.grad_clip)

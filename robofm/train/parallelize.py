@@ -80,8 +80,8 @@ def wrap(model: nn.Module, trainer: TrainerConfig, d: Dist) -> nn.Module:
     each transformer block is one all-gather unit, the root holds embeddings and heads)."""
     if trainer.compile:
         model.compile()
-    if trainer.strategy == "ddp" and d.distributed:
-        return _DDP(model, device_ids=[d.device.index] if d.device.type == "cuda" else None, static_graph=True)
+    if trainer.strategy == "ddp" and d.distributed:  # not static_graph: it breaks no_sync (pytorch/pytorch#187732)
+        return _DDP(model, device_ids=[d.device.index] if d.device.type == "cuda" else None)
     if trainer.strategy == "fsdp" and d.distributed:
         from torch.distributed.device_mesh import init_device_mesh
         from torch.distributed.fsdp import fully_shard
@@ -94,6 +94,23 @@ def wrap(model: nn.Module, trainer: TrainerConfig, d: Dist) -> nn.Module:
             fully_shard(block, mesh=mesh)
         fully_shard(model, mesh=mesh)
     return model
+
+
+@contextlib.contextmanager
+def gradient_sync(model: nn.Module, enabled: bool):
+    """Within it, backward all-reduces (DDP) or reduce-scatters (FSDP2) the gradients only when `enabled`: the
+    micro-batches of an accumulated step before the last one keep their gradients local."""
+    if enabled or not (isinstance(model, _DDP) or _sharded(model)):
+        yield
+    elif isinstance(model, _DDP):
+        with model.no_sync():
+            yield
+    else:
+        model.set_requires_gradient_sync(False)
+        try:
+            yield
+        finally:
+            model.set_requires_gradient_sync(True)
 
 
 def autocast(precision: str, device: torch.device):

@@ -79,8 +79,9 @@ def open_episode(store: EpisodeStore, episode_id: str, builder, start: int, hori
 
 
 def _dataset(store: EpisodeStore, builder, window_len: int) -> EpisodeWindowDataset:
+    """A reader of one episode's windows (the caller checked its length; other episodes' lengths don't matter)."""
     return EpisodeWindowDataset(store.root, window_len, builder.cfg.stride, split=None, cameras=builder.cameras,
-                                latents=builder.image.input_key == "latents")  # fmt: skip
+                                latents=builder.image.input_key == "latents", warn_short=False)  # fmt: skip
 
 
 def imagine_frames(pretrained: Pretrained, rollout: EpisodeRollout, actions: torch.Tensor,

@@ -81,7 +81,8 @@ def assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) 
 
 def test_ddp_matches_one_process_with_the_same_global_batch(store, reference, tmp_path):
     run = tmp_path / "ddp"
-    torchrun(run, [*COMMON, "trainer=ddp", f"data.path={store}", f"data.batch_size={B}"])
+    # each rank accumulates two micro-batches of one sample: only the second backward all-reduces
+    torchrun(run, [*COMMON, "trainer=ddp", f"data.path={store}", f"data.batch_size={B}", "optim.accumulation=2"])
     assert_same_losses(run, reference)
     val, val_ref = ({m["step"]: m["val/total"] for m in read_metrics(r) if "val/total" in m} for r in (run, reference))
     assert val.keys() == val_ref.keys() and all(abs(val[s] - val_ref[s]) <= TOL for s in val)
@@ -91,7 +92,7 @@ def test_ddp_matches_one_process_with_the_same_global_batch(store, reference, tm
 
 def test_fsdp_checkpoint_and_export_load_in_one_process(store, reference, tmp_path):
     run = tmp_path / "fsdp"
-    torchrun(run, [*COMMON, "trainer=fsdp", f"data.path={store}", f"data.batch_size={B}"])
+    torchrun(run, [*COMMON, "trainer=fsdp", f"data.path={store}", f"data.batch_size={B}", "optim.accumulation=2"])
     assert_same_losses(run, reference)
     assert_written_once(run)
     # the export (EMA weights gathered from the shards) is the full model a single process loads

@@ -16,7 +16,8 @@ from robofm.train.export import export, load_pretrained
 from robofm.viz.__main__ import main
 from robofm.viz.rollout import PSNR_CAP, ActionTrace, edit_actions, max_horizon, psnr
 from robofm.viz.video import HEADER, SEP, side_by_side, upscale_factor
-from tests.models.conftest import make_store
+from tests.conftest import write_store
+from tests.models.conftest import make_store, textured_episode
 from tests.train.conftest import TINY, train_in_process
 
 HORIZON, FRAME = 2, 8  # 8x8 frames, 2-step windows at stride 2 (the debug experiment)
@@ -105,6 +106,15 @@ def test_horizon_is_capped_by_the_episode(trained, tmp_path, capsys):
     capped = max_horizon(16, 8, 2, 2)
     assert capped == 2 and len(frames_of(tmp_path / "rollout_front.gif")) == capped
     assert f"horizon 9 capped to {capped}" in (tmp_path / "report.html").read_text()
+
+
+def test_other_episodes_too_short_for_a_window_are_not_warned_about(trained, tmp_path, caplog):
+    """The rollout reads one episode: a store's shorter episodes are not the user's problem here."""
+    _, run = trained
+    store = write_store(tmp_path / "store", [textured_episode(16, seed=0), textured_episode(4, seed=1)])
+    main([f"checkpoint={run}", f"data.path={store}", "episode=ep-000000", "sampler_steps=1", f"out={tmp_path / 'out'}"])
+    assert (tmp_path / "out" / "report.html").exists()
+    assert "shorter than a window" not in caplog.text
 
 
 def test_what_if_imagines_its_own_frames(trained, tmp_path):
