@@ -15,6 +15,14 @@ from torch import Tensor, nn
 from robofm.models.config import ModelConfig
 
 
+class RMSNorm(nn.RMSNorm):
+    """nn.RMSNorm whose weight takes the input's dtype: under bf16 autocast the fp32 weight would keep torch off
+    its fused kernel (and make it warn on every call)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.rms_norm(x, self.normalized_shape, self.weight.to(x.dtype), self.eps)
+
+
 @dataclass
 class TokenMeta:
     """What the attention mask needs to know of each token, all [B, L]:
@@ -90,8 +98,8 @@ class Attention(nn.Module):
         self.heads, self.head_dim = cfg.heads, cfg.dim // cfg.heads
         self.qkv = nn.Linear(cfg.dim, 3 * cfg.dim, bias=False)
         self.out = nn.Linear(cfg.dim, cfg.dim, bias=False)
-        self.q_norm = nn.RMSNorm(self.head_dim, eps=cfg.norm_eps)  # QK-norm keeps attention logits bounded
-        self.k_norm = nn.RMSNorm(self.head_dim, eps=cfg.norm_eps)
+        self.q_norm = RMSNorm(self.head_dim, eps=cfg.norm_eps)  # QK-norm keeps attention logits bounded
+        self.k_norm = RMSNorm(self.head_dim, eps=cfg.norm_eps)
 
     def forward(self, x: Tensor, rope: tuple[Tensor, Tensor], mask, cache: KVCache | None, layer: int,
                 append: bool) -> Tensor:  # fmt: skip
@@ -128,9 +136,9 @@ class SwiGLU(nn.Module):
 class Block(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
-        self.attn_norm = nn.RMSNorm(cfg.dim, eps=cfg.norm_eps)
+        self.attn_norm = RMSNorm(cfg.dim, eps=cfg.norm_eps)
         self.attn = Attention(cfg)
-        self.mlp_norm = nn.RMSNorm(cfg.dim, eps=cfg.norm_eps)
+        self.mlp_norm = RMSNorm(cfg.dim, eps=cfg.norm_eps)
         self.mlp = SwiGLU(cfg)
 
     def forward(self, x: Tensor, rope, mask, cache: KVCache | None, layer: int, append: bool) -> Tensor:
@@ -148,7 +156,7 @@ class Backbone(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.depth))
-        self.norm = nn.RMSNorm(cfg.dim, eps=cfg.norm_eps)
+        self.norm = RMSNorm(cfg.dim, eps=cfg.norm_eps)
 
     def forward(self, x: Tensor, pos: Tensor, meta: TokenMeta, cache: KVCache | None = None,
                 append: bool = True) -> Tensor:  # fmt: skip

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 
@@ -129,6 +131,22 @@ def test_overfit_one_batch(tiny, diffusion, one_thread):
         first = first or last
     assert last["action"] < first["action"] / 10, (first, last)
     assert last["frame"] < first["frame"] / 10, (first, last)
+
+
+def test_bf16_autocast_runs_every_norm_fused_and_close_to_fp32(tiny):
+    """Mixed precision on the CPU: no norm falls back from the fused kernel (torch warns when one does), and the
+    losses stay close to full precision."""
+    ds, builder = tiny
+    seq = builder.build(batch_of(ds, 2))
+    model, objective = make_model(builder), Objective(ObjectiveConfig())
+    with torch.no_grad():
+        full = objective(model, seq, torch.Generator().manual_seed(0))
+        with warnings.catch_warnings(record=True) as caught, torch.autocast("cpu", dtype=torch.bfloat16):
+            warnings.simplefilter("always")
+            half = objective(model, seq, torch.Generator().manual_seed(0))
+    assert not [w for w in caught if "fused" in str(w.message)], [str(w.message) for w in caught]
+    for k in ("action", "frame"):
+        assert abs(float(half[k]) - float(full[k])) < 0.05 * float(full[k]), (k, half[k], full[k])
 
 
 def test_sizes_table_is_printed_for_a_store(tiny, capsys):
