@@ -80,6 +80,7 @@ def main() -> None:
         cells = [f"**{v:.4f}**" if v < copy else f"{v:.4f}" for v in errs.values()]
         rows.append(f"| {trained_steps(path)} | {how} | " + " | ".join(cells) + f" | {copy:.4f} | `{path}` |")
     text = "\n".join([
+        SECTION, "",
         f"`python benchmarks/frame_times.py {' '.join(args.exports)} --store {args.store} --windows {args.windows}` "
         f"(robofm {robofm_revision()}): mean squared error of the frame head's clean-frame estimate on "
         f"{args.windows} held-out windows, at fixed diffusion times (t = 1 is pure noise, where the sampler "
