@@ -9,6 +9,7 @@ Both decode to continuous chunks with a stated error bound for inputs in [-1, 1]
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import math
@@ -16,7 +17,6 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
-import scipy.fft
 import torch
 from tokenizers import Tokenizer, models, trainers
 
@@ -177,6 +177,18 @@ CHAR_BASE, CHAR_END = 0xE000, 0xF8FF
 MAX_Q = (CHAR_END - CHAR_BASE) // 2
 
 
+@functools.cache
+def dct_matrix(n: int) -> np.ndarray:
+    """The orthonormal DCT-II as an [n, n] matrix (its transpose is the inverse). A matrix product rather than
+    scipy.fft: chunks are a few steps long, and scipy's FFT thread pool joins its threads at every fork, which
+    deadlocked a DataLoader starting its workers."""
+    k, i = np.arange(n)[:, None], np.arange(n)[None, :]
+    m = np.cos(np.pi * (2 * i + 1) * k / (2 * n)) * np.sqrt(2.0 / n)
+    m[0] /= np.sqrt(2.0)
+    m.setflags(write=False)
+    return m
+
+
 class FastActionTokenizer:
     """FAST: per-dim orthonormal DCT-II over time, times `scale`, rounded, frequency-major, then BPE.
 
@@ -228,7 +240,7 @@ class FastActionTokenizer:
         if x.shape != (self.steps, self.dims):
             raise UsageError(f"FAST tokenizer was fitted for chunks of shape {(self.steps, self.dims)}, got {x.shape}")
         x = np.clip(np.nan_to_num(x.astype(np.float64), nan=0.0), -1, 1)
-        q = np.rint(scipy.fft.dct(x, norm="ortho", axis=0) * self.scale).astype(np.int64)  # (s, D), row = frequency
+        q = np.rint(dct_matrix(self.steps) @ x * self.scale).astype(np.int64)  # (s, D), row = frequency
         q = np.clip(q, -self.q_max, self.q_max).ravel()  # frequency-major: coeff 0 of every dim, then coeff 1, ...
         return "".join(map(chr, (q + CHAR_BASE + self.q_max).tolist()))
 
@@ -270,7 +282,7 @@ class FastActionTokenizer:
         q = q[np.abs(q) <= self.q_max]  # drops characters that no fitted vocabulary holds (a hand-edited file)
         coeffs = np.zeros(steps * dims)
         coeffs[: min(len(q), steps * dims)] = q[: steps * dims]
-        x = scipy.fft.idct(coeffs.reshape(steps, dims) / self.scale, norm="ortho", axis=0)  # (s, D)
+        x = dct_matrix(steps).T @ (coeffs.reshape(steps, dims) / self.scale)  # the inverse DCT: (s, D)
         return np.clip(x, -1, 1).astype(np.float32)
 
     def decode_batch(self, tokens: Sequence[Sequence[int]]) -> np.ndarray:

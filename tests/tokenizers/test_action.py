@@ -14,6 +14,7 @@ from robofm.tokenizers.action import (
     FastActionTokenizer,
     Normalizer,
     build_action_tokenizer,
+    dct_matrix,
     load_action_tokenizer,
 )
 
@@ -187,3 +188,12 @@ def test_fast_errors():
         build_action_tokenizer("vq")
     with pytest.raises(UsageError, match="n_bin"):
         build_action_tokenizer("binning", n_bin=3)
+
+
+@pytest.mark.parametrize("n", [1, 2, 7, 16])
+def test_dct_matrix_is_scipys_orthonormal_dct_and_its_transpose_the_inverse(n):
+    import scipy.fft
+
+    x = np.random.default_rng(n).normal(size=(n, 3))
+    np.testing.assert_allclose(dct_matrix(n) @ x, scipy.fft.dct(x, norm="ortho", axis=0), atol=1e-12)
+    np.testing.assert_allclose(dct_matrix(n).T @ (dct_matrix(n) @ x), x, atol=1e-12)
