@@ -16,6 +16,7 @@ from omegaconf import OmegaConf
 from safetensors.torch import load_file
 
 from robofm.train.config import TrainConfig, register
+from tests.conftest import torch_threads
 from tests.models.conftest import make_store
 
 # The debug experiment on 8x8 frames: 4 x 4 patches, 2-step windows, batch 4, no TensorBoard (its import is slow).
@@ -45,13 +46,12 @@ def train_in_process(run_dir: Path, overrides: list[str]):
     from robofm.train.loop import Trainer
 
     typed, yaml = compose_config(overrides)
-    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
-    torch.set_num_threads(1)
+    deterministic = torch.are_deterministic_algorithms_enabled()
     try:
-        trainer = Trainer(typed, run_dir, yaml)
-        trainer.fit()
+        with torch_threads(1):
+            trainer = Trainer(typed, run_dir, yaml)
+            trainer.fit()
     finally:
-        torch.set_num_threads(threads)
         torch.use_deterministic_algorithms(deterministic)
     return trainer
 

@@ -16,7 +16,7 @@ from robofm.train.export import export, load_pretrained
 from robofm.viz.__main__ import main
 from robofm.viz.rollout import PSNR_CAP, ActionTrace, edit_actions, max_horizon, psnr
 from robofm.viz.video import HEADER, SEP, side_by_side, upscale_factor
-from tests.conftest import write_store
+from tests.conftest import torch_threads, write_store
 from tests.models.conftest import make_store, textured_episode
 from tests.train.conftest import TINY, train_in_process
 
@@ -25,12 +25,10 @@ CAMERAS = ("front", "wrist")
 
 
 @pytest.fixture(scope="module", autouse=True)
-def one_thread():
+def one_thread_for_the_module():
     """Tiny models run faster on one thread on a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with torch_threads(1):
+        yield
 
 
 @pytest.fixture(scope="module")
