@@ -21,8 +21,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import publish, robofm_revision  # noqa: E402
 
 from robofm.data.dataset import EpisodeWindowDataset  # noqa: E402
-from robofm.objectives.flow_matching import describe  # noqa: E402
-from robofm.train.export import load_pretrained  # noqa: E402
+from robofm.models.diffusion import describe  # noqa: E402
+from robofm.models.pretrained import from_pretrained  # noqa: E402
 
 SECTION = "## Frame head: error by diffusion time"
 TIMES = (0.05, 0.2, 0.5, 0.8, 0.95, 1.0)
@@ -36,7 +36,7 @@ def trained_steps(path: str) -> str:
 
 def errors(path: str, store: str, windows: int, seed: int) -> tuple[dict[float, float], float, str]:
     """({t: x0 MSE of the head}, copy-last MSE, the diffusion in words) on `windows` val windows."""
-    p = load_pretrained(path)
+    p = from_pretrained(path)
     b, d = p.builder, p.diffusion
     if d.kind != "flow":
         raise SystemExit(f"{path}: only flow-matching frame diffusion is measured here, not {d.kind}")
@@ -57,8 +57,7 @@ def errors(path: str, store: str, windows: int, seed: int) -> tuple[dict[float, 
         patches, level = seq.patches.clone(), seq.noise_level.clone()
         patches[:, seq.noisy_index], level[:, seq.noisy_index] = x_t.to(patches.dtype), tt
         with torch.no_grad():
-            h = p.model(dataclasses.replace(seq, patches=patches, noise_level=level))
-            head = p.model.frame_output(h[:, seq.noisy_index]).float()
+            head = p.model(dataclasses.replace(seq, patches=patches, noise_level=level)).frames.float()
         estimate = head if d.prediction == "x0" else x_t - t * head  # velocity eps - x0: x0 = x_t - t v
         out[t] = mse(estimate - x0)
     how = f"{describe(d.settings())}, t ~ logit-normal({d.logit_mean:g}, {d.logit_std:g})"

@@ -122,8 +122,8 @@ def ensure_store(store: Path) -> Path:
 
 def make_builder(store: Path, args: argparse.Namespace):
     from robofm.data.dataset import EpisodeWindowDataset
-    from robofm.models.build import TokenizerConfig, build_sequence_builder
-    from robofm.models.sequence import SequenceConfig
+    from robofm.tokenization.build import TokenizerConfig, build_sequence_builder
+    from robofm.tokenization.sequence import SequenceConfig
 
     ds = EpisodeWindowDataset(store, args.window, args.stride, split=None, seed=0)
     seq = SequenceConfig(window_len=args.window, stride=args.stride, noisy="all", text_len=args.text_len)
@@ -131,7 +131,7 @@ def make_builder(store: Path, args: argparse.Namespace):
 
 
 def robofm_model(builder, size: str):
-    from robofm.models.build import model_config
+    from robofm.models.config import model_config
     from robofm.models.robofm import RobofmModel
 
     torch.manual_seed(0)
@@ -252,7 +252,7 @@ def bench_training(builder, ds, args: argparse.Namespace) -> dict:
 
 
 def modality_counts(seq) -> str:
-    from robofm.models.layout import ACTION, NOISY, OBS, SPECIAL, STATE, TEXT
+    from robofm.tokenization.layout import ACTION, NOISY, OBS, SPECIAL, STATE, TEXT
 
     names = {SPECIAL: "special", TEXT: "text", OBS: "obs", STATE: "state", ACTION: "action", NOISY: "noisy"}
     row = seq.modality[0]
@@ -266,8 +266,8 @@ def bench_imagination(builder, ds, args: argparse.Namespace) -> dict:
     """Frames/s of --imagine-batch rollouts of --horizon frames from a K-step context, with the KV cache and
     without (best of --imagine-repeats each, in ABBA order), and the largest difference between the two (same
     noise)."""
+    from robofm.models.diffusion import FrameDiffusion
     from robofm.models.sampling import imagine
-    from robofm.objectives.flow_matching import FrameDiffusion
 
     k = args.window
     batch = default_collate([ds[i] for i in range(args.imagine_batch)])

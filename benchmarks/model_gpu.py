@@ -53,8 +53,8 @@ def synthetic_sequence(args: argparse.Namespace, vocab, device: str):
     """A Sequence of random tokens, patches and states in the layout SequenceBuilder gives such windows (every text
     slot filled, no padding)."""
     from robofm.models.backbone import TokenMeta
-    from robofm.models.layout import Layout, Vocab
-    from robofm.models.sequence import IGNORE, TARGET_ACTION, TARGET_TEXT, Sequence
+    from robofm.tokenization.layout import Layout, Vocab
+    from robofm.tokenization.sequence import IGNORE, TARGET_ACTION, TARGET_TEXT, Sequence
 
     k, b = args.window, args.batch_size
     lay = Layout(k, args.cameras, args.patches, args.text_len, args.action_len, tuple(range(1, k + 1)))
@@ -116,9 +116,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from robofm.models.backbone import TokenMeta, allowed, flex_block_mask
     from robofm.models.config import ModelConfig
-    from robofm.models.layout import Vocab
     from robofm.models.robofm import RobofmModel
     from robofm.objectives.objective import Objective, ObjectiveConfig
+    from robofm.tokenization.layout import Vocab
 
     torch.manual_seed(0)
     torch.set_float32_matmul_precision("high")

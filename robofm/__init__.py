@@ -1,6 +1,8 @@
 """robofm: a pretrainer for robot foundation models."""
 
-__version__ = "0.1.0"
+from robofm.version import __version__
+
+__all__ = ["__version__", "load_policy"]
 
 
 def load_policy(path, **kwargs):

@@ -21,14 +21,14 @@ import torch
 
 from robofm.data.episode import resize_frames
 from robofm.errors import UsageError
+from robofm.models.pretrained import from_pretrained
 from robofm.models.sampling import predict_action_chunk
-from robofm.train.export import load_pretrained
 
 
 class Policy:
     def __init__(self, path: str | Path, *, embodiment: str | None = None, temperature: float = 0.0,
                  ensemble: float | None = None, seed: int = 0, device: str = "cpu") -> None:  # fmt: skip
-        pre = load_pretrained(path, device)
+        pre = from_pretrained(path, device)
         self.model, self.builder = pre.model, pre.builder
         names = self.builder.embodiments
         if embodiment is None and len(names) > 1:

@@ -26,13 +26,12 @@ import numpy as np  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn  # noqa: E402
 
-from robofm import __version__  # noqa: E402
 from robofm.data.dataset import EpisodeWindowDataset  # noqa: E402
 from robofm.data.store import EpisodeInfo, EpisodeStore  # noqa: E402
 from robofm.errors import UsageError  # noqa: E402
-from robofm.models.build import TokenizerConfig, build_sequence_builder  # noqa: E402
-from robofm.models.sequence import SequenceConfig  # noqa: E402
-from robofm.train.plan import tokens_per_sample  # noqa: E402
+from robofm.tokenization.build import EpochTokens, TokenizerConfig, build_sequence_builder, epoch_tokens  # noqa: E402
+from robofm.tokenization.sequence import SequenceConfig  # noqa: E402
+from robofm.version import __version__  # noqa: E402
 
 CARD = "README.md"
 HIST_BINS = 40  # per dimension of state and action
@@ -68,31 +67,14 @@ class DimHistograms:
             self.counts[d] += np.histogram(np.clip(x[:, d], edges[0], edges[-1]), bins=edges)[0]
 
 
-@dataclass
-class EpochTokens:
-    """Tokens one epoch of the train split holds, as robofm-plan counts them: windows x tokens per sample."""
-
-    window_len: int
-    stride: int
-    patch_size: int
-    windows: int
-    tokens_per_sample: int
-    too_short: int  # train episodes shorter than one window, never sampled
-
-    @property
-    def tokens(self) -> int:
-        return self.windows * self.tokens_per_sample
-
-
-def epoch_tokens(store_root: str | Path, window_len: int, stride: int, patch_size: int) -> EpochTokens:
+def count_tokens(store_root: str | Path, window_len: int, stride: int, patch_size: int) -> EpochTokens:
     """Windows and tokens per epoch of the store's train split with pixel patches and binned actions (the defaults
     of robofm-plan). UsageError when the train split has no episode long enough or the patch size does not divide
     the frames."""
     ds = EpisodeWindowDataset(store_root, window_len, stride, split="train")
     builder = build_sequence_builder(ds, SequenceConfig(window_len=window_len, stride=stride),
                                      TokenizerConfig(patch_size=patch_size))  # fmt: skip
-    windows = int(sum(c[-1] for c in ds.cum_windows if len(c)))
-    return EpochTokens(window_len, stride, patch_size, windows, tokens_per_sample(builder), len(ds.too_short))
+    return epoch_tokens(ds, builder)
 
 
 def dimension_names(embodiment: dict, kind: str) -> list[str]:
@@ -114,7 +96,7 @@ def write_card(store_root: str | Path, out_dir: str | Path, *, window_len: int =
     finally:
         store.close()
     try:
-        tokens: EpochTokens | str = epoch_tokens(store_root, window_len, stride, patch_size)
+        tokens: EpochTokens | str = count_tokens(store_root, window_len, stride, patch_size)
     except UsageError as e:
         tokens = str(e)
     lines = _overview(store) + _tasks(store) + _embodiments(store)

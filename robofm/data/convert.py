@@ -22,13 +22,13 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from robofm import __version__
 from robofm.data import quality as q
 from robofm.data.episode import Episode, content_hash, resample, resize_frames
 from robofm.data.sources.base import EpisodeRef, Source
 from robofm.data.store import QUALITY, EpisodeStore, StoreWriter, split_from_hash, task_hash, write_json_atomic
 from robofm.errors import EpisodeError, RobofmError, StoreError, UsageError
 from robofm.tokenizers.image import LatentTokenizer
+from robofm.version import __version__
 
 EXIT_OK, EXIT_NONE, EXIT_USAGE, EXIT_PARTIAL = 0, 1, 2, 3
 

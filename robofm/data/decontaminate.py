@@ -17,10 +17,10 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-from robofm import __version__
 from robofm.data import quality as q
 from robofm.data.store import EpisodeStore, write_view
 from robofm.errors import UsageError
+from robofm.version import __version__
 
 
 @dataclass

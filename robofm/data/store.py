@@ -25,10 +25,10 @@ from typing import Any, NamedTuple
 import h5py
 import numpy as np
 
-from robofm import __version__
 from robofm.data.episode import Episode
 from robofm.data.stats import RunningStats
 from robofm.errors import StoreError, UsageError
+from robofm.version import __version__
 
 FORMAT_VERSION = 1
 OPEN_EPISODES = 128  # per process: episodes whose datasets EpisodeStore.arrays keeps open

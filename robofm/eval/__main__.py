@@ -13,7 +13,7 @@ from rich.table import Table
 from robofm.cli import parse_settings
 from robofm.errors import RobofmError
 from robofm.eval.evaluate import ACTION_METHODS, FRAME_METHODS, EvalConfig, evaluate
-from robofm.objectives.flow_matching import describe
+from robofm.models.diffusion import describe
 
 KEYS = {"checkpoint": str, "data.path": str, "split": str, "out": str, "seed": int, "batches": int,
         "batch_size": int, "horizons": lambda v: tuple(int(h) for h in v.split(",") if h.strip()),

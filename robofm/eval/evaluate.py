@@ -31,8 +31,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from omegaconf import OmegaConf
-from safetensors.torch import load_file
 from torch import Tensor
 from torch.utils.data import default_collate
 
@@ -40,15 +38,12 @@ from robofm.data.dataset import EpisodeWindowDataset
 from robofm.data.store import EpisodeStore
 from robofm.errors import UsageError
 from robofm.eval import metrics
-from robofm.models.build import load_sequence_builder, model_config
-from robofm.models.config import ModelConfig
+from robofm.models.diffusion import FrameDiffusion
+from robofm.models.pretrained import Pretrained, from_pretrained
 from robofm.models.robofm import RobofmModel
 from robofm.models.sampling import imagine, predict_action_chunk
-from robofm.models.sequence import IGNORE, TARGET_ACTION, SequenceBuilder
-from robofm.objectives.flow_matching import FrameDiffusion
 from robofm.objectives.objective import Objective, ObjectiveConfig
-from robofm.train.checkpoint import resolve_checkpoint
-from robofm.train.export import load_diffusion, load_pretrained
+from robofm.tokenization.sequence import IGNORE, TARGET_ACTION, SequenceBuilder
 
 
 @dataclass
@@ -65,51 +60,6 @@ class EvalConfig:
     horizons: tuple[int, ...] = (1, 4, 16)
     sampler_steps: int = 10
     device: str = "cpu"
-
-
-@dataclass
-class Loaded:
-    """A model to evaluate: weights, tokenization, the frame diffusion it was trained with, and where it came from."""
-
-    model: RobofmModel
-    builder: SequenceBuilder
-    diffusion: FrameDiffusion
-    source: str
-
-
-# ------------------------------------------------------------------------------------------------ loading
-
-
-def load_for_eval(path: str | Path, device: str | torch.device = "cpu") -> Loaded:
-    """The model of an export folder, a run folder (its export/, else its latest checkpoint) or a checkpoint folder.
-
-    A checkpoint folder gives its model.safetensors (not the EMA weights) with the run's tokenization
-    (RUN/tokenization) and the model config of RUN/export/model.json, or, before the run exported, the one
-    config.yaml's model.size and model.attention rebuild."""
-    path = Path(path)
-    if not path.exists():
-        raise UsageError(f"checkpoint {path} does not exist")
-    if (path / "model.json").is_file() or (path / "export" / "model.json").is_file():
-        export = path if (path / "model.json").is_file() else path / "export"
-        pre = load_pretrained(export, device)
-        return Loaded(pre.model, pre.builder, pre.diffusion, f"export {export}")
-    try:
-        ckpt = resolve_checkpoint(path)
-    except UsageError as e:
-        found = sorted(p.name for p in path.iterdir()) if path.is_dir() else []
-        raise UsageError(f"{path} is not an export, run or checkpoint folder (it holds {found}): {e}") from e
-    run = ckpt.parent.parent
-    if not (run / "tokenization" / "sequence.json").is_file():
-        raise UsageError(f"checkpoint {ckpt} has no tokenization: expected {run / 'tokenization'}")
-    builder = load_sequence_builder(run / "tokenization")
-    if (run / "export" / "model.json").is_file():
-        cfg = ModelConfig(**json.loads((run / "export" / "model.json").read_text()))
-    else:
-        yaml = OmegaConf.load(ckpt / "config.yaml")
-        cfg = model_config(builder, yaml.model.size, attention=yaml.model.get("attention", "sdpa"))
-    model = RobofmModel(cfg)
-    model.load_state_dict(load_file(str(ckpt / "model.safetensors")))
-    return Loaded(model.to(device).eval(), builder, load_diffusion(ckpt), f"checkpoint {ckpt}")
 
 
 # ------------------------------------------------------------------------------------------------ data
@@ -248,12 +198,12 @@ ACTION_METHODS = ("model", "train_mean", "repeat_last")
 FRAME_METHODS = ("model", "copy_last", "shuffled_actions")
 
 
-def evaluate(cfg: EvalConfig, loaded: Loaded | None = None, progress: bool = False) -> dict:
+def evaluate(cfg: EvalConfig, loaded: Pretrained | None = None, progress: bool = False) -> dict:
     """Evaluate cfg.checkpoint on up to cfg.batches batches of held-out windows; returns the JSON-ready result
     (and writes it to cfg.out when set). `progress` shows a rich progress bar on stderr."""
     if cfg.batches < 1 or cfg.batch_size < 1 or cfg.sampler_steps < 1 or not cfg.horizons or min(cfg.horizons) < 1:
         raise UsageError("batches, batch_size, sampler_steps and every horizon must be >= 1")
-    loaded = loaded or load_for_eval(cfg.checkpoint, cfg.device)
+    loaded = loaded or from_pretrained(cfg.checkpoint, cfg.device)
     model, builder = loaded.model, loaded.builder
     k, s = builder.cfg.window_len, builder.cfg.stride
     store = EpisodeStore(cfg.data_path)
@@ -279,6 +229,7 @@ def evaluate(cfg: EvalConfig, loaded: Loaded | None = None, progress: bool = Fal
         "context_steps": k, "stride": s, "frame_diffusion": diffusion.settings(), "sampler_steps": cfg.sampler_steps,
         "horizons": kept, "dropped_horizons": dropped, "train_mean_source": mean_source,
         "notes": _notes(cfg, ds, k, s, dropped),
+        "methods": {"actions": list(ACTION_METHODS), "frames": list(FRAME_METHODS)},  # the columns, for readers
         "actions": actions.result(ACTION_METHODS),
         "world_model": frames.result(kept, FRAME_METHODS),
     }  # fmt: skip

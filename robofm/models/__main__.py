@@ -23,8 +23,9 @@ def main(argv: list[str] | None = None) -> None:
     io = TYPICAL
     if args.store:
         from robofm.data.dataset import EpisodeWindowDataset
-        from robofm.models.build import TokenizerConfig, build_sequence_builder, model_config
-        from robofm.models.sequence import SequenceConfig
+        from robofm.models.config import model_config
+        from robofm.tokenization.build import TokenizerConfig, build_sequence_builder
+        from robofm.tokenization.sequence import SequenceConfig
 
         builder = build_sequence_builder(EpisodeWindowDataset(args.store, 4, 2, split=None), SequenceConfig(),
                                          TokenizerConfig(patch_size=args.patch_size))  # fmt: skip

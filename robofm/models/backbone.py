@@ -1,11 +1,9 @@
 """The Transformer backbone: pre-norm decoder blocks with RMSNorm, SwiGLU, rotary positions from explicit position
-ids, QK-norm and no biases. Attention is masked by the block-causal rules of `robofm.models.sequence` through SDPA
+ids, QK-norm and no biases. Attention is masked by the block-causal rule of `attends` through SDPA
 with a boolean mask (portable default) or FlexAttention with a block mask; a KV cache serves inference.
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -13,6 +11,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from robofm.models.config import ModelConfig
+from robofm.tokenization.layout import TokenMeta
 
 
 class RMSNorm(nn.RMSNorm):
@@ -23,49 +22,31 @@ class RMSNorm(nn.RMSNorm):
         return F.rms_norm(x, self.normalized_shape, self.weight.to(x.dtype), self.eps)
 
 
-@dataclass
-class TokenMeta:
-    """What the attention mask needs to know of each token, all [B, L]:
-    block  int: a clean token sees clean keys whose block is <= its own (equal block: bidirectional)
-    group  int: -1 for clean tokens; a NOISY block's tokens share a group id and see each other
-    valid  bool: False for padding and missing cameras, which no query may attend to
-    A NOISY token's block is the block of the last clean token it may see (the end of its action chunk).
-    """
-
-    block: Tensor
-    group: Tensor
-    valid: Tensor
-
-    def cat(self, other: TokenMeta) -> TokenMeta:
-        return TokenMeta(*(torch.cat([a, b], dim=1) for a, b in zip(self.astuple(), other.astuple(), strict=True)))
-
-    def astuple(self) -> tuple[Tensor, Tensor, Tensor]:
-        return self.block, self.group, self.valid
+def attends(q_block: Tensor, q_group: Tensor, k_block: Tensor, k_group: Tensor, k_valid: Tensor) -> Tensor:
+    """The attention rule, on broadcastable tensors of query and key metadata (TokenMeta's fields): a query sees
+    the valid clean keys of its own block and earlier ones, and the keys of its own NOISY group. No query ever
+    sees a NOISY key of another group, so the clean stream is the same with or without NOISY blocks."""
+    sees_clean = (k_group < 0) & (k_block <= q_block)
+    same_noisy = (q_group >= 0) & (q_group == k_group)
+    return (sees_clean | same_noisy) & k_valid
 
 
 def allowed(q: TokenMeta, k: TokenMeta) -> Tensor:
-    """Boolean [B, Lq, Lk]: may query i attend to key j. No query ever sees a NOISY key of another group, so the
-    clean stream is the same with or without NOISY blocks in the sequence."""
-    clean_k = (k.group < 0)[:, None, :]
-    sees_clean = clean_k & (k.block[:, None, :] <= q.block[:, :, None])
-    same_noisy = (q.group[:, :, None] >= 0) & (q.group[:, :, None] == k.group[:, None, :])
-    return (sees_clean | same_noisy) & k.valid[:, None, :]
+    """Boolean [B, Lq, Lk]: may query i attend to key j (the rule of `attends`)."""
+    qb, qg = q.block[:, :, None], q.group[:, :, None]  # (B, Lq, 1)
+    return attends(qb, qg, k.block[:, None, :], k.group[:, None, :], k.valid[:, None, :])  # (B, Lq, Lk)
 
 
 def flex_block_mask(q: TokenMeta, k: TokenMeta):
-    """The same rule as `allowed`, as a FlexAttention BlockMask (computed block-sparse, never as an L x L tensor
-    on GPU)."""
+    """The rule of `attends` as a FlexAttention BlockMask (computed block-sparse, never as an L x L tensor on
+    GPU)."""
     from torch.nn.attention.flex_attention import create_block_mask
 
-    qb, qg, kb, kg, kv = q.block, q.group, k.block, k.group, k.valid
-
     def mask_mod(b, h, qi, ki):
-        sees_clean = (kg[b, ki] < 0) & (kb[b, ki] <= qb[b, qi])
-        same_noisy = (qg[b, qi] >= 0) & (qg[b, qi] == kg[b, ki])
-        return (sees_clean | same_noisy) & kv[b, ki]
+        return attends(q.block[b, qi], q.group[b, qi], k.block[b, ki], k.group[b, ki], k.valid[b, ki])
 
-    return create_block_mask(mask_mod, B=qb.shape[0], H=None, Q_LEN=qb.shape[1], KV_LEN=kb.shape[1],
-                             device=qb.device)  # fmt: skip
+    (b, lq), lk = q.block.shape, k.block.shape[1]
+    return create_block_mask(mask_mod, B=b, H=None, Q_LEN=lq, KV_LEN=lk, device=q.block.device)
 
 
 def rotary(pos: Tensor, head_dim: int, theta: float) -> tuple[Tensor, Tensor]:

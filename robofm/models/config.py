@@ -67,3 +67,10 @@ class ModelConfig:
         inputs = (self.patch_dim + 2 * self.state_dim) * d + (256 * d + d * d)  # patch and state proj, time MLP
         heads = d * self.vocab_size + d * self.patch_dim + d  # token head, frame head, final norm
         return self.depth * block + embed + inputs + heads
+
+
+def model_config(builder, size: str, **overrides) -> ModelConfig:
+    """A model of `size` whose vocabulary, patch, state and camera shapes fit a SequenceBuilder."""
+    return ModelConfig.sized(size, vocab_size=builder.vocab.size, patch_dim=builder.image.patch_dim(),
+                             state_dim=builder.state_dim, max_cameras=max(len(builder.cameras), 1),
+                             max_patches=builder.patches, **overrides)  # fmt: skip

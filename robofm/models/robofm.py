@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
 from robofm.models.backbone import Backbone, KVCache
 from robofm.models.config import ModelConfig
-from robofm.models.layout import ACTION, MODALITIES, NOISY, OBS, SPECIAL, STATE, TEXT
+from robofm.tokenization.layout import ACTION, MODALITIES, NOISY, OBS, SPECIAL, STATE, TEXT
 
 
 def time_features(t: Tensor, dim: int = 256) -> Tensor:
@@ -20,9 +21,23 @@ def time_features(t: Tensor, dim: int = 256) -> Tensor:
     return torch.cat([angles.cos(), angles.sin()], dim=-1)
 
 
+@dataclass
+class ModelOutput:
+    """What one forward pass gives for the tokens of a Sequence (or of a slice of one).
+
+    hidden [B, L, D]: the backbone's final hidden states
+    logits [B, M, V]: the token head at the M positions whose next token is text or action (seq.token_readout)
+    frames [B, N, patch_dim]: the frame head at the N NOISY tokens, in sequence order (seq.noisy_index's)
+    """
+
+    hidden: Tensor
+    logits: Tensor
+    frames: Tensor
+
+
 class RobofmModel(nn.Module):
-    """forward(seq, cache=None, append=True) -> hidden states [B, L, D]; token_logits(h) and frame_output(h)
-    read them. Discrete tokens enter through the shared embedding table; patches and state through linear
+    """forward(seq, cache=None, append=True) -> ModelOutput: the hidden states and both heads' outputs where they
+    are read, so a loss (or a DDP/FSDP wrapper) needs only forward. Discrete tokens enter through the shared embedding table; patches and state through linear
     projections; every token gets its modality embedding, image tokens their camera and patch-position
     embeddings, and NOISY tokens the embedding of their diffusion time."""
 
@@ -68,14 +83,11 @@ class RobofmModel(nn.Module):
             x = x + self.time_mlp(time_features(seq.noise_level)) * noisy[..., None]
         return x
 
-    def forward(self, seq, cache: KVCache | None = None, append: bool = True) -> Tensor:
-        return self.backbone(self.embed(seq), seq.pos, seq.meta, cache, append)
-
-    def token_logits(self, h: Tensor) -> Tensor:
-        return self.token_head(h)
-
-    def frame_output(self, h: Tensor) -> Tensor:
-        return self.frame_head(h)
+    def forward(self, seq, cache: KVCache | None = None, append: bool = True) -> ModelOutput:
+        """With a cache, the tokens of `seq` attend to the cached ones too; append=True adds them to the cache."""
+        h = self.backbone(self.embed(seq), seq.pos, seq.meta, cache, append)  # (B, L, D)
+        noisy = seq.modality[0] == NOISY  # (L,): one layout for the whole batch
+        return ModelOutput(h, self.token_head(h[:, seq.token_readout]), self.frame_head(h[:, noisy]))
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -15,11 +15,11 @@ from functools import partial
 import torch
 from torch import Tensor
 
-from robofm.models.backbone import KVCache, TokenMeta
-from robofm.models.layout import Vocab
+from robofm.models.backbone import KVCache
+from robofm.models.diffusion import FrameDiffusion
 from robofm.models.robofm import RobofmModel
-from robofm.models.sequence import Sequence, SequenceBuilder
-from robofm.objectives.flow_matching import FrameDiffusion
+from robofm.tokenization.layout import TokenMeta, Vocab
+from robofm.tokenization.sequence import Sequence, SequenceBuilder
 
 
 def _with_target_frame(batch: dict, builder: SequenceBuilder) -> dict:
@@ -37,39 +37,35 @@ def predict_action_chunk(model: RobofmModel, builder: SequenceBuilder, batch: di
     """The action chunk [B, s, Da] in robot units (padded dimensions 0) that follows the last observation.
 
     Decodes the last step's action slots one token at a time (greedy at temperature 0, else sampled), choosing
-    only among action tokens (and EOA for FAST); binning slots of padded dimensions stay PAD."""
+    only among action tokens (and EOA for a variable-length tokenizer, which ends the chunk); slots the action
+    tokenizer leaves empty for these dimensions (binning: padded ones) stay PAD."""
     device = next(model.parameters()).device
     seq = builder.build(_with_target_frame(batch, builder), noisy_steps=()).to(device)
     k = batch["state"].shape[1]
     lay = builder.layout((), k)
     slots = torch.as_tensor(lay.act_index[k - 1], device=device)  # (A,)
     ids, valid = seq.ids.clone(), seq.meta.valid.clone()
-    b, vocab = ids.shape[0], builder.vocab
-    lo, hi = vocab.action_offset, vocab.size
-    pad_slot = (ids[:, slots] == Vocab.PAD) if builder.binning else torch.zeros(b, len(slots), dtype=torch.bool)
-    pad_slot = pad_slot.to(device)
-    done = torch.zeros(b, dtype=torch.bool, device=device)
+    vocab, tokenizer = builder.vocab, builder.actions
+    empty = builder.empty_action_slots(batch["action_mask"]).to(device)  # (B, A)
+    allowed = torch.zeros(vocab.size, dtype=torch.bool, device=device)
+    allowed[vocab.action_offset :] = True
+    allowed[Vocab.EOA] = tokenizer.variable_length
+    done = torch.zeros(len(ids), dtype=torch.bool, device=device)
     cache = KVCache() if use_cache else None
     start = int(slots[0])
     for j, pos in enumerate(slots.tolist()):
         cur = _replace(seq, ids, valid)
         if cache is None:
-            h = model(cur.tokens(slice(0, pos)))[:, -1]
+            logits = model(cur.tokens(slice(0, pos))).logits[:, -1]
         else:
             new = slice(0, start) if j == 0 else slice(pos - 1, pos)
-            h = model(cur.tokens(new), cache)[:, -1]
-        logits = model.token_logits(h).float()
-        allowed = torch.zeros(logits.shape[-1], dtype=torch.bool, device=device)
-        allowed[lo:hi] = True
-        if not builder.binning:
-            allowed[Vocab.EOA] = True
-        token = _choose(logits.masked_fill(~allowed, float("-inf")), temperature, generator)
-        token = torch.where(pad_slot[:, j] | done, torch.full_like(token, Vocab.PAD), token)
+            logits = model(cur.tokens(new), cache).logits[:, -1]
+        token = _choose(logits.float().masked_fill(~allowed, float("-inf")), temperature, generator)
+        token = torch.where(empty[:, j] | done, torch.full_like(token, Vocab.PAD), token)
         ids[:, pos], valid[:, pos] = token, token != Vocab.PAD
-        if not builder.binning:
-            done |= token == Vocab.EOA
-            if bool(done.all()):
-                break
+        done |= token == Vocab.EOA
+        if bool(done.all()):
+            break
     return _detokenize(builder, ids[:, slots].cpu(), batch["embodiment"], batch["action_mask"])
 
 
@@ -84,10 +80,8 @@ def _frame_output(model: RobofmModel, seq: Sequence, cache: KVCache | None, x_t:
     patches[:, noisy], level[:, noisy] = x_t, t
     full = replace(seq, patches=patches, noise_level=level)
     if cache is None:
-        hidden = model(full)[:, noisy]
-    else:
-        hidden = model(full.tokens(slice(int(noisy[0]), None)), cache, append=False)
-    return model.frame_output(hidden).float()
+        return model(full).frames.float()
+    return model(full.tokens(slice(int(noisy[0]), None)), cache, append=False).frames.float()
 
 
 def _choose(logits: Tensor, temperature: float, generator: torch.Generator | None) -> Tensor:
@@ -99,12 +93,7 @@ def _choose(logits: Tensor, temperature: float, generator: torch.Generator | Non
 
 def _detokenize(builder: SequenceBuilder, tokens: Tensor, embodiments: list[str], action_mask: Tensor) -> Tensor:
     """Action-slot ids [B, A] -> chunks [B, s, Da] in robot units."""
-    s, da, off = builder.cfg.stride, builder.action_dim, builder.vocab.action_offset
-    if builder.binning:
-        norm = builder.actions.decode((tokens - off).clamp(min=0), s, da)
-    else:
-        rows = [[int(t) - off for t in row if int(t) >= off] for row in tokens]  # up to EOA; PAD and EOA dropped
-        norm = torch.as_tensor(builder.actions.decode_batch(rows))
+    norm = builder.actions.decode(builder.from_vocab(tokens), builder.cfg.stride, builder.action_dim)
     out = torch.stack([builder.action_norm.unnormalize(n, e) for n, e in zip(norm, embodiments, strict=True)])
     return out * action_mask[:, None, :]
 

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from robofm.models.sequence import IGNORE, TARGET_ACTION, TARGET_TEXT
+from robofm.tokenization.sequence import TARGET_ACTION, TARGET_TEXT
 
 
 def token_losses(logits: Tensor, targets: Tensor, kinds: Tensor) -> dict[str, Tensor]:
@@ -24,8 +24,3 @@ def token_losses(logits: Tensor, targets: Tensor, kinds: Tensor) -> dict[str, Te
     act = kinds == TARGET_ACTION
     out["action_accuracy"] = (logits[act].argmax(-1) == targets[act]).float().mean() if act.any() else ce.new_zeros(())
     return out
-
-
-def target_positions(targets: Tensor) -> Tensor:
-    """Boolean [B, L]: positions whose next token is a target."""
-    return targets != IGNORE

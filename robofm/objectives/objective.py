@@ -1,5 +1,6 @@
 """The pretraining objective: L = w_action L_action + w_text L_text + w_frame L_frame + w_z L_z, in one forward
-pass (no token attends to a NOISY block, so the token losses see only the clean stream)."""
+pass (no token attends to a NOISY block, so the token losses see only the clean stream). The losses call only
+`model(seq)` and read the ModelOutput it returns."""
 
 from __future__ import annotations
 
@@ -9,18 +10,18 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from robofm.models.layout import OBS
+from robofm.models.diffusion import FrameDiffusion
 from robofm.models.robofm import RobofmModel
-from robofm.models.sequence import Sequence
-from robofm.objectives.flow_matching import FrameDiffusion
-from robofm.objectives.next_token import target_positions, token_losses
+from robofm.objectives.next_token import token_losses
+from robofm.tokenization.layout import OBS
+from robofm.tokenization.sequence import IGNORE, Sequence
 
 
 @dataclass
 class ObjectiveConfig:
     """Loss weights; the frame diffusion (flow | ddpm), its logit-normal time density, what the frame head
     predicts (velocity | x0) and what x0 is (frame | delta from the previous frame; see
-    robofm.objectives.flow_matching); context_noise: the
+    robofm.models.diffusion); context_noise: the
     largest std of Gaussian noise added to context (OBS) patches, drawn uniformly per sample, which makes long
     imagined rollouts (that feed back their own imperfect frames) drift less; sampler_steps at inference."""
 
@@ -69,18 +70,20 @@ class Objective:
     def __call__(self, model: RobofmModel, seq: Sequence, generator: torch.Generator | None = None) -> dict[str, Tensor]:
         """Losses (total, action, text, frame, z) and action_accuracy, each a scalar tensor."""
         seq, frame_target = self.noised(seq, generator)
-        h = model(seq)
-        sel = target_positions(seq.targets)
-        out = token_losses(model.token_logits(h[sel]), seq.targets[sel], seq.target_kind[sel])
+        output = model(seq)
+        readout = seq.token_readout
+        targets, kinds = seq.targets[:, readout], seq.target_kind[:, readout]  # (B, M), as output.logits
+        sel = targets != IGNORE
+        out = token_losses(output.logits[sel], targets[sel], kinds[sel])
         if len(seq.noisy_index):
             noisy = seq.noisy_index
-            head = model.frame_output(h[:, noisy]).float()  # (B, N, patch_dim)
+            head = output.frames.float()  # (B, N, patch_dim)
             pred = self.diffusion.model_target(head, seq.patches[:, noisy].float(), seq.noise_level[:, noisy])
             err = (pred - frame_target.float()).pow(2).mean(-1)
             valid = seq.frame_valid.float()
             out["frame"] = (err * valid).sum() / valid.sum().clamp(min=1)
         else:
-            out["frame"] = h.new_zeros((), dtype=torch.float32)
+            out["frame"] = output.hidden.new_zeros((), dtype=torch.float32)
         c = self.cfg
         out["total"] = (c.action_weight * out["action"] + c.text_weight * out["text"] + c.frame_weight * out["frame"]
                         + c.z_loss_weight * out["z"])  # fmt: skip

@@ -4,17 +4,19 @@
 of normalized values [s, D] (s steps, D = the model's padded dims) are then tokenized by either
 - `BinningActionTokenizer`: one token per step and dim, uniform bins over [-1, 1]; or
 - `FastActionTokenizer`: FAST (Pertsch et al. 2025): DCT over time, scale, round, BPE trained on the data.
-Both decode to continuous chunks with a stated error bound for inputs in [-1, 1].
+Both stand behind the `ActionTokenizer` protocol (encode, decode, slots) and decode to continuous chunks with a
+stated error bound for inputs in [-1, 1].
 """
 
 from __future__ import annotations
 
 import functools
-import itertools
 import json
+import logging
 import math
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -22,8 +24,41 @@ from tokenizers import Tokenizer, models, trainers
 
 from robofm.errors import UsageError
 
+log = logging.getLogger(__name__)
 Array = np.ndarray | torch.Tensor
 CONFIG = "action_tokenizer.json"
+EMPTY, END = -1, -2  # slot values besides token ids: no token here (no loss); the end of a variable-length chunk
+
+
+class ActionTokenizer(Protocol):
+    """What the sequence builder and the sampler need of an action tokenizer: normalized chunks [N, s, D] in
+    [-1, 1] <-> rows [N, slots(s, D)] of token ids in [0, vocab_size), EMPTY or END.
+
+    A fixed-length tokenizer (binning) fills one slot per step and real dimension and leaves the slots of padded
+    dimensions EMPTY; a variable-length one (FAST) fills its slots in order, closes the chunk with END and leaves
+    the rest EMPTY. `empty_slots` says which slots stay EMPTY whatever the chunk, so a sampler never fills them."""
+
+    kind: str
+    variable_length: bool
+
+    @property
+    def vocab_size(self) -> int: ...
+
+    def slots(self, steps: int, dims: int) -> int: ...
+
+    def encode(self, chunks: Array, dims: Array | None = None) -> Array:
+        """chunks [N, s, D], dims bool [N, D] (False: a padded dimension) -> ids [N, slots], of chunks' kind."""
+        ...
+
+    def decode(self, ids: Array, steps: int, dims: int) -> Array:
+        """ids [N, slots] -> float32 chunks [N, steps, dims] in [-1, 1], of ids' kind; never raises on bad ids."""
+        ...
+
+    def empty_slots(self, dims: torch.Tensor, steps: int) -> torch.Tensor:
+        """bool [N, slots]: the slots that no chunk of these real dimensions (dims bool [N, D]) fills."""
+        ...
+
+    def save(self, directory: Path) -> None: ...
 
 
 class Normalizer:
@@ -132,6 +167,7 @@ class BinningActionTokenizer:
     Bound: |decode(encode(x)) - clip(x, -1, 1)| <= w / 2 = 1 / n_bins for every entry (NaN is encoded as 0)."""
 
     kind = "binning"
+    variable_length = False
 
     def __init__(self, n_bins: int = 256):
         if int(n_bins) != n_bins or n_bins < 1:
@@ -142,18 +178,30 @@ class BinningActionTokenizer:
     def vocab_size(self) -> int:
         return self.n_bins
 
-    def encode(self, chunk: Array) -> Array:
-        """Normalized chunk [..., s, D] -> int64 tokens [..., s * D], step-major (all dims of step 0 first)."""
-        if isinstance(chunk, torch.Tensor):
-            x = torch.nan_to_num(chunk.float(), nan=0.0).clamp(-1, 1)
+    def slots(self, steps: int, dims: int) -> int:
+        return steps * dims
+
+    def encode(self, chunks: Array, dims: Array | None = None) -> Array:
+        """Normalized chunks [..., s, D] -> int64 tokens [..., s * D], step-major (all dims of step 0 first); the
+        slots of dimensions that `dims` [..., D] marks False are EMPTY."""
+        if isinstance(chunks, torch.Tensor):
+            x = torch.nan_to_num(chunks.float(), nan=0.0).clamp(-1, 1)
             ids = torch.floor((x + 1) * (self.n_bins / 2)).long().clamp(0, self.n_bins - 1)
+            if dims is not None:
+                ids = ids.masked_fill(~torch.as_tensor(dims, dtype=torch.bool)[..., None, :], EMPTY)
         else:
-            x = np.clip(np.nan_to_num(np.asarray(chunk, np.float64), nan=0.0), -1, 1)
+            x = np.clip(np.nan_to_num(np.asarray(chunks, np.float64), nan=0.0), -1, 1)
             ids = np.clip(np.floor((x + 1) * (self.n_bins / 2)).astype(np.int64), 0, self.n_bins - 1)
+            if dims is not None:
+                ids = np.where(np.asarray(dims, bool)[..., None, :], ids, EMPTY)
         return ids.reshape(*ids.shape[:-2], -1)  # (..., s * D); x = 1 falls in the last bin via the clip above
 
+    def empty_slots(self, dims: torch.Tensor, steps: int) -> torch.Tensor:
+        return ~dims.bool()[:, None, :].expand(-1, steps, -1).reshape(len(dims), -1)  # (N, s * D), step-major
+
     def decode(self, tokens: Array, steps: int, dims: int) -> Array:
-        """Tokens [..., steps * dims] -> float32 bin centres [..., steps, dims]; ids outside [0, n_bins) are clamped."""
+        """Tokens [..., steps * dims] -> float32 bin centres [..., steps, dims]; ids outside [0, n_bins) (EMPTY
+        too) are clamped."""
         if tokens.shape[-1] != steps * dims:
             raise UsageError(f"expected {steps} * {dims} = {steps * dims} action tokens, got {tokens.shape[-1]}")
         if isinstance(tokens, torch.Tensor):
@@ -203,15 +251,20 @@ class FastActionTokenizer:
     """
 
     kind = "fast"
+    variable_length = True
 
-    def __init__(self, scale: float = 10.0, vocab_size: int = 1024):
+    def __init__(self, scale: float = 10.0, vocab_size: int = 1024, chunk_slots: int = 0):
         if not 0 < scale < math.inf or int(vocab_size) != vocab_size or vocab_size < 1:
             raise UsageError(f"FAST needs finite scale > 0 and integer vocab_size >= 1, got {scale!r}, {vocab_size!r}")
+        if chunk_slots == 1 or chunk_slots < 0:
+            raise UsageError("FAST action chunks need sequence.action_tokens >= 2 slots (tokens and EOA), or 0 to size them")
         self.scale, self.requested_vocab_size = float(scale), int(vocab_size)
+        self.chunk_slots = int(chunk_slots)  # slots of a chunk in the sequence, END included (0: sized by fit)
         self.steps: int | None = None
         self.dims: int | None = None
         self.q_max: int | None = None
         self._bpe: Tokenizer | None = None
+        self.truncated_chunks = 0  # chunks longer than their slots (they decode through the fallback of _decode)
 
     @property
     def vocab_size(self) -> int:
@@ -245,33 +298,66 @@ class FastActionTokenizer:
         return "".join(map(chr, (q + CHAR_BASE + self.q_max).tolist()))
 
     def fit(self, chunks: Iterable[Array]) -> FastActionTokenizer:
-        """Train the BPE on normalized chunks, all of one shape [steps, dims] (taken from the first); returns self."""
-        it = iter(chunks)
-        first = next(it, None)
-        if first is None or len(first.shape) != 2:
-            got = "no chunks" if first is None else f"shape {tuple(first.shape)}"
+        """Train the BPE on normalized chunks, all of one shape [steps, dims] (taken from the first); returns self.
+        Without chunk_slots, a chunk gets room for the longest fitted chunk, a quarter more, and END."""
+        chunks = list(chunks)
+        if not chunks or len(chunks[0].shape) != 2:
+            got = "no chunks" if not chunks else f"shape {tuple(chunks[0].shape)}"
             raise UsageError(f"FAST fit needs chunks of shape [steps, dims], got {got}")
         self._bpe = None  # a failed fit leaves the tokenizer unfitted, not half-fitted
-        self._set_shape(int(first.shape[0]), int(first.shape[1]))
+        self._set_shape(int(chunks[0].shape[0]), int(chunks[0].shape[1]))
         alphabet = [chr(CHAR_BASE + i) for i in range(2 * self.q_max + 1)]
         # No normalizer and no pre-tokenizer: each chunk's whole string is one BPE word, kept verbatim.
         bpe = Tokenizer(models.BPE())
         trainer = trainers.BpeTrainer(vocab_size=self.requested_vocab_size, initial_alphabet=alphabet,
                                       special_tokens=[], show_progress=False)  # fmt: skip
-        bpe.train_from_iterator((self._to_text(c) for c in itertools.chain([first], it)), trainer)
+        bpe.train_from_iterator((self._to_text(c) for c in chunks), trainer)
         self._bpe = bpe
+        if not self.chunk_slots:
+            self.chunk_slots = math.ceil(1.25 * max(len(t) for t in self.encode_batch(chunks))) + 1
         return self
 
-    def encode(self, chunk: Array) -> list[int]:
-        """Normalized chunk [steps, dims] -> BPE token ids."""
-        return self._fitted().encode(self._to_text(chunk), add_special_tokens=False).ids
+    def slots(self, steps: int, dims: int) -> int:
+        self._fitted()
+        if (steps, dims) != (self.steps, self.dims):
+            raise UsageError(f"FAST tokenizer was fitted for chunks of shape {(self.steps, self.dims)}, not "
+                             f"{(steps, dims)}")  # fmt: skip
+        return self.chunk_slots
+
+    def encode(self, chunks: Array, dims: Array | None = None) -> Array:
+        """Normalized chunks [N, steps, dims] -> ids [N, chunk_slots]: each chunk's BPE tokens, END, then EMPTY.
+        A chunk longer than its slots is cut (it decodes without its highest frequencies) and counted, with a
+        warning. `dims` is not needed: FAST codes padded dimensions as zeros."""
+        self._fitted()
+        rows = np.full((len(chunks), self.chunk_slots), EMPTY, np.int64)
+        for i, tokens in enumerate(self.encode_batch(chunks)):
+            if len(tokens) > self.chunk_slots - 1:
+                self.truncated_chunks += 1
+                log.warning("a FAST action chunk of %d tokens is cut to %d slots (%d so far in this process); it "
+                            "decodes without its highest frequencies: raise sequence.action_tokens",
+                            len(tokens), self.chunk_slots - 1, self.truncated_chunks)  # fmt: skip
+            tokens = tokens[: self.chunk_slots - 1]
+            rows[i, : len(tokens)], rows[i, len(tokens)] = tokens, END
+        return torch.from_numpy(rows) if isinstance(chunks, torch.Tensor) else rows
+
+    def decode(self, ids: Array, steps: int, dims: int) -> Array:
+        """ids [N, chunk_slots] -> float32 chunks [N, steps, dims]: the tokens before each row's first END (EMPTY
+        skipped), decoded as `decode_batch` does."""
+        self.slots(steps, dims)
+        rows = np.asarray(ids.cpu() if isinstance(ids, torch.Tensor) else ids, np.int64)
+        tokens = [[t for t in row[: _first(row, END)] if t >= 0] for row in rows.tolist()]
+        out = self.decode_batch(tokens)
+        return torch.from_numpy(out) if isinstance(ids, torch.Tensor) else out
+
+    def empty_slots(self, dims: torch.Tensor, steps: int) -> torch.Tensor:
+        return torch.zeros(len(dims), self.chunk_slots, dtype=torch.bool)  # any slot may hold a token or END
 
     def encode_batch(self, chunks: Array | Sequence[Array]) -> list[list[int]]:
-        """Chunks [B, steps, dims] -> B lists of token ids."""
+        """Chunks [B, steps, dims] -> B lists of BPE token ids (of any length)."""
         texts = [self._to_text(c) for c in chunks]
         return [e.ids for e in self._fitted().encode_batch(texts, add_special_tokens=False)]
 
-    def decode(self, tokens: Sequence[int]) -> np.ndarray:
+    def _decode(self, tokens: Sequence[int]) -> np.ndarray:
         """Token ids -> float32 chunk [steps, dims] in [-1, 1]. Never raises on malformed tokens; it falls back:
 
         ids outside the vocabulary are skipped; too few coefficients are padded with zeros (missing high
@@ -286,26 +372,29 @@ class FastActionTokenizer:
         return np.clip(x, -1, 1).astype(np.float32)
 
     def decode_batch(self, tokens: Sequence[Sequence[int]]) -> np.ndarray:
-        """B token lists -> float32 [B, steps, dims], each decoded as `decode` does."""
+        """B token lists -> float32 [B, steps, dims], each decoded as `_decode` does."""
         self._fitted()
-        out = [self.decode(t) for t in tokens]
+        out = [self._decode(t) for t in tokens]
         return np.stack(out) if out else np.zeros((0, self.steps, self.dims), np.float32)
 
     def save(self, directory: Path) -> None:
         bpe = json.loads(self._fitted().to_str())  # nested JSON, not a string in a string: the file stays readable
-        _write_config(directory, {"kind": self.kind, "scale": self.scale, "vocab_size": self.requested_vocab_size,
-                                  "steps": self.steps, "dims": self.dims, "bpe": bpe})  # fmt: skip
+        config = {"kind": self.kind, "scale": self.scale, "vocab_size": self.requested_vocab_size,
+                  "chunk_slots": self.chunk_slots, "steps": self.steps, "dims": self.dims, "bpe": bpe}
+        _write_config(directory, config)
 
     @classmethod
     def load(cls, directory: Path) -> FastActionTokenizer:
         return _load_as(cls, directory)
 
 
-ActionTokenizer = BinningActionTokenizer | FastActionTokenizer
+def _first(row: list[int], value: int) -> int:
+    """The index of the first `value` in row (len(row) when there is none)."""
+    return row.index(value) if value in row else len(row)
 
 
 def build_action_tokenizer(kind: str, **kwargs) -> ActionTokenizer:
-    """kind "binning" (n_bins) or "fast" (scale, vocab_size; call fit before use)."""
+    """kind "binning" (n_bins) or "fast" (scale, vocab_size, chunk_slots; call fit before use)."""
     classes = {"binning": BinningActionTokenizer, "fast": FastActionTokenizer}
     if kind not in classes:
         raise UsageError(f"unknown action tokenizer kind {kind!r}; known: {', '.join(classes)}")
@@ -323,7 +412,7 @@ def load_action_tokenizer(directory: Path) -> ActionTokenizer:
         if config["kind"] == "binning":
             return BinningActionTokenizer(config["n_bins"])
         if config["kind"] == "fast":
-            tok = FastActionTokenizer(config["scale"], config["vocab_size"])
+            tok = FastActionTokenizer(config["scale"], config["vocab_size"], config["chunk_slots"])
             tok._set_shape(int(config["steps"]), int(config["dims"]))
             tok._bpe = Tokenizer.from_str(json.dumps(config["bpe"]))
             return tok

@@ -10,9 +10,10 @@ from torch import nn
 
 from robofm.data.dataset import EpisodeWindowDataset, StoreSpec
 from robofm.errors import UsageError
-from robofm.models.build import build_sequence_builder, load_sequence_builder, model_config
+from robofm.models.config import model_config
 from robofm.models.robofm import RobofmModel
-from robofm.models.sequence import SequenceBuilder
+from robofm.tokenization.build import build_sequence_builder, load_sequence_builder
+from robofm.tokenization.sequence import SequenceBuilder
 from robofm.train.config import DataConfig, OptimConfig, TrainConfig
 
 

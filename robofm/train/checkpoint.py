@@ -8,7 +8,8 @@
 A checkpoint is written to a temporary folder, every file fsynced, then renamed into place, and only then does
 `latest` (itself replaced atomically) point to it: a kill at any moment leaves the previous checkpoint loadable.
 state.pt holds tensors and plain containers only and is read with torch.load(weights_only=True). Leftover
-`.tmp-*` folders (a write that was killed) are never read, and the next save removes them.
+`.tmp-*` folders (a write that was killed) are never read, and the next save removes them. Finding the latest
+checkpoint of a run (`latest_checkpoint`, `resolve_checkpoint`) belongs to loading: robofm.models.pretrained.
 
 Test hook: with ROBOFM_TEST_KILL_AT=STEP:STAGE in the environment, the process SIGKILLs itself while saving
 checkpoint STEP, at STAGE: `written` (temporary folder complete, before the rename), `renamed` (before `latest`
@@ -17,7 +18,6 @@ moves) or `done` (after). The resume tests use it to kill a run at an exact poin
 
 from __future__ import annotations
 
-import logging
 import os
 import pickle
 import shutil
@@ -29,9 +29,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from robofm.errors import UsageError
+from robofm.models.pretrained import LATEST, complete_checkpoints
 
-log = logging.getLogger(__name__)
-LATEST = "latest"
 KILL_AT = "ROBOFM_TEST_KILL_AT"
 
 
@@ -82,44 +81,10 @@ def save_checkpoint(run_dir: Path, step: int, weights: dict[str, torch.Tensor], 
     os.replace(pointer, root / LATEST)
     _fsync_dir(root)
     if keep_last > 0:  # by step, never the one just written (an older resume may have left later steps behind)
-        for old in [p for p in _complete(root) if p != final][: -(keep_last - 1) or None]:
+        for old in [p for p in complete_checkpoints(root) if p != final][: -(keep_last - 1) or None]:
             shutil.rmtree(old, ignore_errors=True)
     _test_kill_point(step, "done")
     return final
-
-
-def _complete(root: Path) -> list[Path]:
-    """The complete checkpoint folders of root, oldest step first (a folder is renamed into place complete)."""
-    return sorted(p for p in root.glob("step-*") if (p / "state.pt").is_file())
-
-
-def latest_checkpoint(run_dir: Path) -> Path | None:
-    """The checkpoint `latest` names in run_dir/checkpoints, or None when there is none yet. When `latest` is
-    missing or names no complete checkpoint (a kill between the steps of a save), the newest complete one."""
-    root = Path(run_dir) / "checkpoints"
-    try:
-        path = root / (root / LATEST).read_text().strip()
-    except FileNotFoundError:
-        path = None
-    if path is not None and (path / "state.pt").is_file():
-        return path
-    found = _complete(root) if root.is_dir() else []
-    if found:
-        log.warning("%s names no complete checkpoint: using the newest complete one, %s", root / LATEST, found[-1])
-        return found[-1]
-    return None
-
-
-def resolve_checkpoint(path: str | Path) -> Path:
-    """A checkpoint folder from a checkpoint folder, a run folder (its latest checkpoint) or a checkpoints folder."""
-    path = Path(path)
-    if (path / "state.pt").is_file():
-        return path
-    for run in (path, path.parent):
-        found = latest_checkpoint(run) if (run / "checkpoints").is_dir() else None
-        if found:
-            return found
-    raise UsageError(f"{path} is neither a checkpoint folder (with state.pt) nor a run folder with checkpoints")
 
 
 def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict, dict[str, torch.Tensor] | None]:

@@ -10,10 +10,10 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 
 from robofm.errors import UsageError
-from robofm.models.build import TokenizerConfig
 from robofm.models.config import SIZES
-from robofm.models.sequence import SequenceConfig
 from robofm.objectives.objective import ObjectiveConfig
+from robofm.tokenization.build import TokenizerConfig
+from robofm.tokenization.sequence import SequenceConfig
 from robofm.train.finetune import FinetuneConfig
 
 

@@ -23,9 +23,9 @@ import torch
 from torch import nn
 
 from robofm.errors import UsageError
-from robofm.models.build import dataset_normalizers
 from robofm.models.config import ModelConfig
-from robofm.models.sequence import SequenceBuilder, SequenceConfig
+from robofm.tokenization.build import dataset_normalizers
+from robofm.tokenization.sequence import SequenceBuilder, SequenceConfig
 from robofm.tokenizers.action import Normalizer
 
 log = logging.getLogger(__name__)
@@ -52,8 +52,7 @@ class FinetuneConfig:
 def adapt_builder(base: SequenceBuilder, dataset, seq: SequenceConfig) -> SequenceBuilder:
     """The base's tokenization for `dataset` (an EpisodeWindowDataset): see the module docstring."""
     new_state, new_action = dataset_normalizers(dataset, seq)
-    if not base.binning and seq.action_tokens != base.cfg.action_tokens:
-        seq = replace(seq, action_tokens=base.cfg.action_tokens)  # FAST chunks keep the base's slot count
+    seq = replace(seq, action_tokens=base.cfg.action_tokens)  # the base's action tokenizer sets the chunk slots
     names = sorted({e for st in dataset.stores for e in st.manifest["embodiments"]})
     embodiments = base.embodiments + [e for e in names if e not in base.embodiments]
     if len(embodiments) > base.vocab.max_embodiments:

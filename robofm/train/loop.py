@@ -15,15 +15,15 @@ import torch
 from omegaconf import OmegaConf
 from torch.utils.data import DataLoader
 
-from robofm.models.build import save_sequence_builder
+from robofm.models.pretrained import export, from_pretrained, latest_checkpoint, resolve_checkpoint
 from robofm.models.robofm import RobofmModel
-from robofm.models.sequence import Sequence
 from robofm.objectives.objective import Objective
+from robofm.tokenization.build import save_sequence_builder
+from robofm.tokenization.sequence import Sequence
 from robofm.train import finetune, parallelize
 from robofm.train.build import build_builder, build_datasets, build_model, build_optimizer, build_scheduler
-from robofm.train.checkpoint import latest_checkpoint, load_checkpoint, resolve_checkpoint, save_checkpoint
+from robofm.train.checkpoint import load_checkpoint, save_checkpoint
 from robofm.train.config import TrainConfig
-from robofm.train.export import export, load_pretrained
 from robofm.train.guard import SpikeGuard
 from robofm.train.logger import MetricsLogger
 from robofm.train.plan import peak_flops, print_plan
@@ -57,7 +57,7 @@ class Trainer:
         resume = self._resume_path()
         self.train_ds, self.val_ds = build_datasets(cfg, self.dist.rank, self.dist.world_size)
         fit_ds = build_datasets(cfg)[0] if self.dist.distributed else self.train_ds  # one tokenization for all ranks
-        base = load_pretrained(cfg.init_from) if cfg.init_from else None  # fine-tuning: robofm.train.finetune
+        base = from_pretrained(cfg.init_from) if cfg.init_from else None  # fine-tuning: robofm.train.finetune
         # a resumed run keeps the tokenization of the run it resumes (a FAST fit on other data would differ)
         saved = resume.parent.parent / "tokenization" if resume else None
         if base is not None and saved is None:
@@ -84,14 +84,15 @@ class Trainer:
         self.guard = SpikeGuard(cfg.trainer.guard)
         self.pos = Position()
         self.ema = None
-        if resume:
-            self._load(resume)
+        checkpoint = load_checkpoint(resume) if resume else None  # read once: weights and state, then optimizer
+        if checkpoint:
+            self._load(resume, checkpoint)
         self.train_model = parallelize.wrap(self.model, cfg.trainer, self.dist)
         self.ema = parallelize.shard_like(self.ema, self.model)
         self.optimizer = build_optimizer(self.model, cfg.optim)
         self.scheduler = build_scheduler(self.optimizer, cfg)
-        if resume:
-            self._load_optimizer(resume)
+        if checkpoint:
+            self._load_optimizer(checkpoint)
         self.logger = MetricsLogger(self.run_dir, enabled=self.dist.is_main, tensorboard=cfg.trainer.tensorboard,
                                     wandb=cfg.trainer.wandb, config=OmegaConf.to_container(OmegaConf.structured(cfg)))  # fmt: skip
         self.autocast = parallelize.autocast(cfg.trainer.precision, self.device)
@@ -110,8 +111,9 @@ class Trainer:
             return latest_checkpoint(self.run_dir)
         return resolve_checkpoint(self.cfg.resume)
 
-    def _load(self, path: Path) -> None:
-        weights, state, ema = load_checkpoint(path)
+    def _load(self, path: Path, checkpoint: tuple) -> None:
+        """Weights, EMA, data position, guard and RNG states of a checkpoint read by load_checkpoint(path)."""
+        weights, state, ema = checkpoint
         parallelize.load_model_state(self.model, weights)
         self.ema = parallelize.shard_like(ema, self.model)
         self.pos = Position(state["step"], state["epoch"], state["batch"], {tuple(b) for b in state["skip"]})
@@ -122,8 +124,8 @@ class Trainer:
             pos = self.pos
             log.info("resumed from %s at step %d (epoch %d, batch %d)", path, pos.step, pos.epoch, pos.batch)
 
-    def _load_optimizer(self, path: Path) -> None:
-        _, state, _ = load_checkpoint(path)
+    def _load_optimizer(self, checkpoint: tuple) -> None:
+        _, state, _ = checkpoint
         parallelize.load_optimizer_state(self.model, self.optimizer, state["optimizer"], self.dist)
         self.scheduler.load_state_dict(state["scheduler"])
 
@@ -202,8 +204,9 @@ class Trainer:
             log.warning("rollback asked at step %d before any checkpoint: skipping batches %s", self.pos.step, bad)
             self.pos.skip = skip
             return
-        self._load(path)
-        self._load_optimizer(path)
+        checkpoint = load_checkpoint(path)
+        self._load(path, checkpoint)
+        self._load_optimizer(checkpoint)
         self.pos.skip |= skip
         self.guard.skips.clear()  # the skips that led here are answered: their batches are set aside
         self.logger.event({"step": self.pos.step, "event": "rollback", "to": str(path), "skip_batches": sorted(skip)})

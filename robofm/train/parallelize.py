@@ -61,27 +61,13 @@ def init(trainer: TrainerConfig) -> Dist:
     return Dist(dist.get_rank(), dist.get_world_size(), device)
 
 
-class _DDP(nn.parallel.DistributedDataParallel):
-    """DDP that also exposes the model's own methods: the objective calls model(seq), then model.token_logits
-    and model.frame_output on its output. Gradients of the parameters those use are all-reduced like any other
-    (DDP's hooks sit on the parameters, not on forward)."""
-
-    def __getattr__(self, name: str):
-        try:
-            return super().__getattr__(name)
-        except AttributeError:
-            if name == "module":
-                raise
-            return getattr(self.module, name)
-
-
 def wrap(model: nn.Module, trainer: TrainerConfig, d: Dist) -> nn.Module:
     """The module the training step calls: the model itself, DDP around it, or the model sharded in place (FSDP2:
     each transformer block is one all-gather unit, the root holds embeddings and heads)."""
     if trainer.compile:
         model.compile()
     if trainer.strategy == "ddp" and d.distributed:  # not static_graph: it breaks no_sync (pytorch/pytorch#187732)
-        return _DDP(model, device_ids=[d.device.index] if d.device.type == "cuda" else None)
+        return nn.parallel.DistributedDataParallel(model, device_ids=[d.device.index] if d.device.type == "cuda" else None)
     if trainer.strategy == "fsdp" and d.distributed:
         from torch.distributed.device_mesh import init_device_mesh
         from torch.distributed.fsdp import fully_shard
@@ -100,9 +86,10 @@ def wrap(model: nn.Module, trainer: TrainerConfig, d: Dist) -> nn.Module:
 def gradient_sync(model: nn.Module, enabled: bool):
     """Within it, backward all-reduces (DDP) or reduce-scatters (FSDP2) the gradients only when `enabled`: the
     micro-batches of an accumulated step before the last one keep their gradients local."""
-    if enabled or not (isinstance(model, _DDP) or _sharded(model)):
+    ddp = isinstance(model, nn.parallel.DistributedDataParallel)
+    if enabled or not (ddp or _sharded(model)):
         yield
-    elif isinstance(model, _DDP):
+    elif ddp:
         with model.no_sync():
             yield
     else:

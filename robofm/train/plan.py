@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from robofm.models.config import SIZES, ModelConfig
+from robofm.tokenization.build import epoch_tokens
 
 log = logging.getLogger(__name__)
 TOKENS_PER_PARAM = 20.0
@@ -30,23 +31,14 @@ def peak_flops(device) -> float:
     return next((t * 1e12 for key, t in PEAK_BF16_TFLOPS.items() if key in name), 0.0)
 
 
-def tokens_per_sample(builder) -> int:
-    """Tokens in one training sequence (the layout with the configured NOISY blocks)."""
-    k = builder.cfg.window_len
-    noisy = {"all": k, "last": 1}.get(builder.cfg.noisy, None)
-    noisy = int(builder.cfg.noisy) if noisy is None else noisy
-    return len(builder.layout(tuple(range(1, noisy + 1))))
-
-
 def non_embedding_parameters(cfg: ModelConfig) -> int:
     return cfg.depth * (4 * cfg.dim**2 + 3 * cfg.dim * cfg.ffn_dim)
 
 
 def plan_rows(cfg, model, builder, dataset) -> list[tuple[str, str]]:
     n = sum(p.numel() for p in model.parameters())
-    per_sample = tokens_per_sample(builder)
-    windows = int(sum(c[-1] for c in dataset.cum_windows if len(c)))
-    epoch_tokens = windows * per_sample
+    epoch = epoch_tokens(dataset, builder)
+    per_sample, windows = epoch.tokens_per_sample, epoch.windows
     steps = cfg.trainer.max_steps
     world = dataset.world_size
     trained = steps * cfg.data.batch_size * world * per_sample
@@ -55,9 +47,9 @@ def plan_rows(cfg, model, builder, dataset) -> list[tuple[str, str]]:
     rows = [
         ("parameters", f"{n / 1e6:,.2f}M ({non_embedding_parameters(model.cfg) / 1e6:,.2f}M non-embedding)"),
         ("tokens per sample", f"{per_sample:,}"),
-        ("windows per epoch", f"{windows:,} ({epoch_tokens / 1e6:,.2f}M tokens)"),
+        ("windows per epoch", f"{windows:,} ({epoch.tokens / 1e6:,.2f}M tokens)"),
         ("tokens trained", f"{trained / 1e6:,.2f}M over {steps:,} steps of {cfg.data.batch_size} x {world} samples "
-                           f"({trained / max(epoch_tokens, 1):.1f} epochs)"),
+                           f"({trained / max(epoch.tokens, 1):.1f} epochs)"),
         ("tokens / parameter", f"{ratio:.1f} (Chinchilla guide ~{TOKENS_PER_PARAM:.0f})"),
         ("compute", f"6ND = {flops:.3g} FLOPs"),
     ]
@@ -112,8 +104,9 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     from robofm.data.dataset import EpisodeWindowDataset
     from robofm.errors import UsageError
-    from robofm.models.build import TokenizerConfig, build_sequence_builder, model_config
-    from robofm.models.sequence import SequenceConfig
+    from robofm.models.config import model_config
+    from robofm.tokenization.build import TokenizerConfig, build_sequence_builder
+    from robofm.tokenization.sequence import SequenceConfig
 
     if (args.flops is None) == (args.gpu_hours is None):
         raise SystemExit("robofm-plan: give exactly one of --flops or --gpu-hours")
@@ -126,8 +119,8 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"robofm-plan: {e}") from e
     cfg = model_config(builder, "debug")
     io = {k: getattr(cfg, k) for k in ("vocab_size", "patch_dim", "state_dim", "max_cameras", "max_patches")}
-    per_sample = tokens_per_sample(builder)
-    dataset_tokens = sum(c[-1] for c in ds.cum_windows if len(c)) * per_sample
+    epoch = epoch_tokens(ds, builder)
+    per_sample, dataset_tokens = epoch.tokens_per_sample, epoch.tokens
     table = Table(title=f"robofm-plan: {flops:.3g} FLOPs on {dataset_tokens / 1e6:,.2f}M tokens per epoch")
     for col in ("size", "parameters", "tokens", "tokens/param", "epochs", "steps"):
         table.add_column(col, justify="right")

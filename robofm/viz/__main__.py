@@ -61,12 +61,12 @@ def visualize(args: dict) -> Path:
     import torch
 
     from robofm.data.store import EpisodeStore
-    from robofm.train.export import load_pretrained
+    from robofm.models.pretrained import from_pretrained
     from robofm.viz import rollout as ro
 
     store = EpisodeStore(args["data.path"])
     held_out = _read_eval(args["eval"])  # checked before the slow part, as what_if
-    pretrained = load_pretrained(args["checkpoint"])
+    pretrained = from_pretrained(args["checkpoint"])
     builder = pretrained.builder
     if args["episode"] is None:
         val = [e for e in store.episodes if e.split == "val"] or store.episodes
@@ -177,7 +177,7 @@ def _write_files(out, args, ep, imagined, what_if, trace, builder, metrics, fps,
 
 
 def _frame_table(m: dict) -> Table:
-    from robofm.objectives.flow_matching import describe
+    from robofm.models.diffusion import describe
 
     header = ["step", "frame", "PSNR imagined (dB)", "PSNR copy-last-frame (dB)"]
     columns = [m["psnr"], m["psnr_copy_last"]]
@@ -191,15 +191,14 @@ def _frame_table(m: dict) -> Table:
 
 def _eval_tables(result: dict) -> list[Table]:
     """robofm-eval's result: action MSE against its baselines, and imagined-frame PSNR/SSIM per horizon."""
-    from robofm.eval.evaluate import ACTION_METHODS, FRAME_METHODS
-
+    action_methods, frame_methods = result["methods"]["actions"], result["methods"]["frames"]
     where = f"{result['windows']} {result['split']} windows of {result['store']}"
     mse = result["actions"]["mse"]
     actions = Table(f"Held-out actions ({where}): MSE in robot units, lower is better",
-                    list(ACTION_METHODS), [[_num(mse[m]) for m in ACTION_METHODS]])  # fmt: skip
-    rows = [[int(h), metric, *(_num(row[m][metric]) for m in FRAME_METHODS)]
+                    action_methods, [[_num(mse[m]) for m in action_methods]])  # fmt: skip
+    rows = [[int(h), metric, *(_num(row[m][metric]) for m in frame_methods)]
             for h, row in result["world_model"].items() for metric in ("psnr", "ssim")]  # fmt: skip
-    frames = Table(f"Held-out imagined frames ({where}), higher is better", ["horizon", "metric", *FRAME_METHODS],
+    frames = Table(f"Held-out imagined frames ({where}), higher is better", ["horizon", "metric", *frame_methods],
                    rows)  # fmt: skip
     return [actions, frames]
 

@@ -19,8 +19,8 @@ from torch.utils.data import default_collate
 from robofm.data.dataset import EpisodeWindowDataset
 from robofm.data.store import EpisodeInfo, EpisodeStore
 from robofm.errors import UsageError
+from robofm.models.pretrained import Pretrained
 from robofm.models.sampling import imagine, predict_action_chunk
-from robofm.train.export import Pretrained
 
 log = logging.getLogger(__name__)
 

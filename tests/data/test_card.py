@@ -14,9 +14,8 @@ from robofm.data.card import QUALITY_EXAMPLES, histograms, inspect_episode, writ
 from robofm.data.dataset import EpisodeWindowDataset
 from robofm.data.store import QUALITY, EpisodeStore, write_json_atomic
 from robofm.errors import UsageError
-from robofm.models.build import TokenizerConfig, build_sequence_builder
-from robofm.models.sequence import SequenceConfig
-from robofm.train.plan import tokens_per_sample
+from robofm.tokenization.build import TokenizerConfig, build_sequence_builder
+from robofm.tokenization.sequence import SequenceConfig
 from tests.conftest import write_store
 from tests.models.conftest import make_store, textured_episode
 
@@ -102,8 +101,9 @@ def test_card_tokens_are_windows_times_tokens_per_sample(store, card):
     text = section(card.read_text(), "Tokens per epoch")
     rows = dict(table(text))
     assert int(rows["windows"].replace(",", "")) == windows
-    assert int(rows["tokens per sample"].replace(",", "")) == tokens_per_sample(builder)
-    assert rows["tokens per epoch"].split()[0].replace(",", "") == str(windows * tokens_per_sample(builder))
+    per_sample = len(builder.layout(tuple(range(1, WINDOW + 1))))  # the default: a NOISY block for every frame
+    assert int(rows["tokens per sample"].replace(",", "")) == per_sample
+    assert rows["tokens per epoch"].split()[0].replace(",", "") == str(windows * per_sample)
     assert f"windows of {WINDOW} steps at stride {STRIDE}" in text and f"{PATCH}x{PATCH} pixel patches" in text
 
 

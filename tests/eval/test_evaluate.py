@@ -14,7 +14,8 @@ import torch
 from safetensors.torch import load_file
 
 from robofm.eval.__main__ import main
-from robofm.eval.evaluate import EvalConfig, evaluate, load_for_eval
+from robofm.eval.evaluate import EvalConfig, evaluate
+from robofm.models.pretrained import from_pretrained
 from tests.conftest import write_store
 from tests.models.conftest import make_store, textured_episode
 from tests.train.conftest import TINY, train_in_process
@@ -75,21 +76,21 @@ def test_horizons_longer_than_the_episodes_are_dropped_and_said(run_dir, held_ou
 def test_checkpoint_accepts_run_checkpoint_and_export_folders(run_dir, tmp_path):
     exported = load_file(str(run_dir / "export" / "model.safetensors"))
     for path in (run_dir, run_dir / "export"):
-        loaded = load_for_eval(path)
+        loaded = from_pretrained(path)
         assert loaded.source.startswith("export")
         for k, v in loaded.model.state_dict().items():
             torch.testing.assert_close(v, exported[k])
     step2 = run_dir / "checkpoints" / "step-00000002"
     weights = load_file(str(step2 / "model.safetensors"))
-    loaded = load_for_eval(step2)
+    loaded = from_pretrained(step2)
     assert loaded.source == f"checkpoint {step2}" and loaded.diffusion.kind == "flow"
     assert all(torch.equal(v, weights[k]) for k, v in loaded.model.state_dict().items())
     # before the run exported: the model config is rebuilt from the checkpoint's config.yaml
     bare = tmp_path / "run"
     shutil.copytree(run_dir, bare, ignore=shutil.ignore_patterns("export"))
-    rebuilt = load_for_eval(bare / "checkpoints" / "step-00000002")
+    rebuilt = from_pretrained(bare / "checkpoints" / "step-00000002")
     assert rebuilt.model.cfg == loaded.model.cfg
-    assert load_for_eval(bare).source.endswith("step-00000004")  # a run folder without export: latest checkpoint
+    assert from_pretrained(bare).source.endswith("step-00000004")  # a run folder without export: latest checkpoint
     assert loaded.builder.cfg == rebuilt.builder.cfg
 
 

@@ -10,9 +10,10 @@ import torch
 from torch.utils.data import default_collate
 
 from robofm.data.dataset import EpisodeWindowDataset
-from robofm.models.build import TokenizerConfig, build_sequence_builder, model_config
+from robofm.models.config import model_config
 from robofm.models.robofm import RobofmModel
-from robofm.models.sequence import SequenceConfig
+from robofm.tokenization.build import TokenizerConfig, build_sequence_builder
+from robofm.tokenization.sequence import SequenceConfig
 from tests.conftest import indexed_episode, write_store
 
 WINDOW, STRIDE = 3, 2
@@ -56,3 +57,9 @@ def tiny(tmp_path_factory):
     """(dataset, builder) over 4 episodes of 16 frames, 2 cameras of 8x8, state 3, action 2."""
     return make_builder(make_store(tmp_path_factory.mktemp("tiny") / "store"))
 
+
+
+@pytest.fixture(scope="module")
+def fast(tmp_path_factory):
+    """(dataset, builder) like `tiny`'s with FAST action tokens."""
+    return make_builder(make_store(tmp_path_factory.mktemp("fast") / "store"), action="fast")

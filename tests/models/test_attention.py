@@ -8,26 +8,8 @@ import pytest
 import torch
 
 from robofm.models.backbone import allowed
-from robofm.models.layout import ACTION, NOISY, OBS, STATE, TEXT, Layout
+from robofm.tokenization.layout import NOISY, OBS, STATE
 from tests.models.conftest import batch_of, make_model
-
-
-def test_layout_rules():
-    lay = Layout(steps=2, cameras=2, patches=3, text_len=4, action_len=5, noisy_steps=(1, 2))
-    meta = lambda a: torch.from_numpy(a)[None]  # noqa: E731
-    from robofm.models.backbone import TokenMeta
-
-    m = TokenMeta(meta(lay.block), meta(lay.group), torch.ones(1, len(lay), dtype=torch.bool))
-    see = allowed(m, m)[0]
-    obs0, obs1 = lay.obs_index
-    noisy1, noisy2 = lay.noisy_index
-    act0 = lay.act_index[0]
-    assert see[obs0][:, obs0].all()  # an OBS block is bidirectional
-    assert not see[act0[1], act0[2]] and see[act0[2], act0[1]]  # actions are causal
-    assert see[noisy1][:, act0].all() and see[noisy1][:, noisy1].all()  # NOISY_1 sees ACT_0 and itself
-    assert not see[noisy1][:, obs1].any() and not see[noisy1][:, noisy2].any()  # not the frame it predicts
-    assert not see[:, noisy1][lay.group < 0].any()  # no clean token sees a NOISY block
-    assert (lay.pos[noisy1] == lay.pos[obs1]).all()  # NOISY_1 sits at OBS_1's positions
 
 
 def _perturb(seq, i: int):
@@ -48,12 +30,12 @@ def test_changing_a_token_changes_only_the_outputs_allowed_to_see_it(tiny):
     model = make_model(builder)
     seq = builder.build(batch_of(ds, 2))
     see = allowed(seq.meta, seq.meta)[0]
-    base = model(seq)
+    base = model(seq).hidden
     lay = builder.layout(builder.noisy_steps())
     picks = {"text": lay.text_index[1], "obs": lay.obs_index[1][3], "state": lay.state_index[1],
              "action": lay.act_index[0][1], "noisy": lay.noisy_index[0][2], "last noisy": lay.noisy_index[-1][0]}  # fmt: skip
     for name, i in picks.items():
-        changed = (model(_perturb(seq, int(i))) - base).abs().amax(-1)[0] > 1e-6
+        changed = (model(_perturb(seq, int(i))).hidden - base).abs().amax(-1)[0] > 1e-6
         expected = see[:, i].clone()
         expected[i] = True
         assert torch.equal(changed, expected), f"{name} token {i}: outputs that changed differ from those allowed"
@@ -65,12 +47,12 @@ def test_padding_and_missing_cameras_are_seen_by_nobody(tiny):
     batch = batch_of(ds, 1)
     batch["camera_mask"][:, 1] = False
     seq = builder.build(batch)
-    base = model(seq)
+    base = model(seq).hidden
     lay = builder.layout(builder.noisy_steps())
     hidden = [lay.text_index[-1], lay.obs_index[0][-1]]  # a PAD text slot; a patch of the missing camera
     for i in hidden:
         assert not seq.meta.valid[0, i]
-        changed = (model(_perturb(seq, int(i))) - base).abs().amax(-1)[0] > 1e-6
+        changed = (model(_perturb(seq, int(i))).hidden - base).abs().amax(-1)[0] > 1e-6
         assert changed.nonzero().flatten().tolist() == [i]
 
 
@@ -79,12 +61,11 @@ def test_clean_stream_is_the_same_with_and_without_noisy_blocks(tiny):
     model = make_model(builder)
     batch = batch_of(ds, 2)
     with_noisy, clean = builder.build(batch, noisy_steps=(1, 2, 3)), builder.build(batch, noisy_steps=())
-    h_noisy, h_clean = model(with_noisy), model(clean)
+    out_noisy, out_clean = model(with_noisy), model(clean)
     kept = with_noisy.meta.group[0] < 0
     assert torch.equal(with_noisy.ids[:, kept], clean.ids)
-    torch.testing.assert_close(h_noisy[:, kept], h_clean, atol=1e-5, rtol=0)
-    logits = model.token_logits
-    torch.testing.assert_close(logits(h_noisy[:, kept]), logits(h_clean), atol=1e-5, rtol=0)
+    torch.testing.assert_close(out_noisy.hidden[:, kept], out_clean.hidden, atol=1e-5, rtol=0)
+    torch.testing.assert_close(out_noisy.logits, out_clean.logits, atol=1e-5, rtol=0)  # read out at clean tokens
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")
@@ -96,11 +77,6 @@ def test_flex_attention_matches_sdpa(tiny):
         sdpa = model(seq)
         model.cfg.attention = "flex"
         flex = model(seq)
-    torch.testing.assert_close(flex, sdpa, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(flex.hidden, sdpa.hidden, atol=1e-5, rtol=1e-4)
 
 
-def test_token_kinds_in_layout(tiny):
-    _, builder = tiny
-    lay = builder.layout((3,))
-    assert (lay.modality[lay.text_index] == TEXT).all() and (lay.modality[lay.act_index] == ACTION).all()
-    assert len(lay.noisy_index) == 1 and lay.noisy_index[0][-1] == len(lay) - 1  # NOISY_K closes the sequence

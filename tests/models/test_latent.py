@@ -7,12 +7,13 @@ from torch.utils.data import default_collate
 
 from robofm.data.convert import main
 from robofm.data.dataset import EpisodeWindowDataset
-from robofm.models.build import TokenizerConfig, build_sequence_builder, model_config
+from robofm.models.config import model_config
+from robofm.models.diffusion import FrameDiffusion
 from robofm.models.robofm import RobofmModel
 from robofm.models.sampling import imagine
-from robofm.models.sequence import SequenceConfig
-from robofm.objectives.flow_matching import FrameDiffusion
 from robofm.objectives.objective import Objective, ObjectiveConfig
+from robofm.tokenization.build import TokenizerConfig, build_sequence_builder
+from robofm.tokenization.sequence import SequenceConfig
 from tests.data.test_hdf5_source import write_aloha
 from tests.vae_fixture import TINY_VAE_CHANNELS, make_tiny_vae
 

@@ -7,13 +7,10 @@ import warnings
 import pytest
 import torch
 
-from robofm.models.build import load_sequence_builder, model_config, save_sequence_builder
-from robofm.models.config import SIZES, ModelConfig
-from robofm.models.layout import Vocab
+from robofm.models.config import SIZES, ModelConfig, model_config
 from robofm.models.robofm import RobofmModel
-from robofm.models.sequence import IGNORE, TARGET_ACTION
 from robofm.objectives.objective import Objective, ObjectiveConfig
-from tests.models.conftest import batch_of, make_builder, make_model, make_store
+from tests.models.conftest import batch_of, make_model
 
 IO = dict(vocab_size=1300, patch_dim=192, state_dim=14, max_cameras=3, max_patches=144)  # a typical pixel setup
 RANGES = {"debug": (0, 1e6), "small": (10e6, 20e6), "base": (85e6, 115e6), "large": (270e6, 330e6), "1b": (0.9e9, 1.1e9)}
@@ -36,77 +33,6 @@ def test_frame_head_starts_at_zero(tiny):
     torch.manual_seed(0)
     model = RobofmModel(make_model(builder).cfg)
     assert not model.frame_head.weight.any()
-
-
-def test_sequence_targets_and_shapes(tiny):
-    ds, builder = tiny
-    seq = builder.build(batch_of(ds, 2), noisy_steps=(1, 3))
-    lay = builder.layout((1, 3))
-    assert seq.ids.shape == (2, len(lay)) and seq.frame_x0.shape == (2, 2 * 2 * 4, builder.image.patch_dim())
-    act = lay.act_index
-    # the token before each action slot predicts it; binning: stride x dims slots per step, step-major
-    assert torch.equal(seq.targets[:, act - 1], seq.ids[:, act])
-    assert (seq.target_kind[:, act - 1] == TARGET_ACTION).all()
-    assert (seq.ids[:, act] >= builder.vocab.action_offset).all()
-    # NOISY blocks predict the clean patches of frames 1 and 3
-    x = builder.image.encode(batch_of(ds, 2)["frames"])  # (B, C, K+1, P, pd)
-    torch.testing.assert_close(seq.frame_x0[:, :8], x[:, :, 1].flatten(1, 2))
-    torch.testing.assert_close(seq.frame_x0[:, 8:], x[:, :, 3].flatten(1, 2))
-
-
-def test_noisy_subsets(tiny):
-    ds, builder = tiny
-    for noisy, blocks in (("all", 3), ("last", 1), (2, 2), (0, 0)):
-        builder.cfg.noisy = noisy
-        seq = builder.build(batch_of(ds, 1), generator=torch.Generator().manual_seed(0))
-        assert len(seq.noisy_index) == blocks * 2 * 4, noisy
-    builder.cfg.noisy = "all"
-
-
-def test_mixed_embodiments_pad_state_and_actions(tmp_path):
-    arm = make_store(tmp_path / "arm", n=2, state_dim=3, action_dim=2, embodiment="arm")
-    big = make_store(tmp_path / "big", n=2, state_dim=5, action_dim=4, embodiment="big", cameras=("front",))
-    ds, builder = make_builder([arm, big])
-    assert (builder.state_dim, builder.action_dim, builder.embodiments) == (5, 4, ["arm", "big"])
-    items = [ds.read_window(0, ds.episodes[0][0], 0), ds.read_window(1, ds.episodes[1][0], 0)]
-    from torch.utils.data import default_collate
-
-    batch = default_collate(items)
-    seq = builder.build(batch)
-    lay = builder.layout(builder.noisy_steps())
-    slots = seq.ids[:, lay.act_index].reshape(2, 3, 2, 4)  # (B, K, s, Da): the arm's dims 2, 3 are padding
-    assert (slots[0, ..., 2:] == Vocab.PAD).all() and (slots[0, ..., :2] != Vocab.PAD).all()
-    assert (slots[1] != Vocab.PAD).all()
-    assert (seq.targets[0, lay.act_index.reshape(3, 2, 4)[..., 2:] - 1] == IGNORE).all()
-    assert not seq.meta.valid[0, lay.act_index.reshape(3, 2, 4)[..., 2:]].any()
-    state = seq.state[:, lay.state_index]  # (B, K, 2*Ds): values, then the dimension mask
-    assert state[0, :, 5:].sum(-1).eq(3).all() and state[1, :, 5:].sum(-1).eq(5).all()
-    assert (state[0, :, 3:5] == 0).all()
-    assert not seq.frame_valid[1].view(3, 2, 4)[:, 1].any()  # "big" has no wrist camera: no frame loss there
-    model = make_model(builder).train()
-    out = Objective(ObjectiveConfig())(model, seq)
-    out["total"].backward()
-    assert torch.isfinite(out["total"]) and out["action"] > 0
-
-
-def test_action_free_episodes_get_no_action_token_and_no_action_loss(tmp_path):
-    ds, builder = make_builder(make_store(tmp_path / "video", n=2, with_action=False))
-    seq = builder.build(batch_of(ds, 2))
-    lay = builder.layout(builder.noisy_steps())
-    assert (seq.ids[:, lay.act_index[:, 0]] == Vocab.NO_ACTION).all()
-    assert (seq.ids[:, lay.act_index[:, 1:]] == Vocab.PAD).all()
-    assert not (seq.target_kind == TARGET_ACTION).logical_and(seq.targets != IGNORE).any()
-    out = Objective(ObjectiveConfig())(make_model(builder), seq)
-    assert out["action"] == 0 and out["frame"] > 0
-
-
-def test_builder_save_load_gives_the_same_sequence(tiny, tmp_path):
-    ds, builder = tiny
-    save_sequence_builder(builder, tmp_path / "tok")
-    loaded = load_sequence_builder(tmp_path / "tok")
-    a, b = builder.build(batch_of(ds, 2)), loaded.build(batch_of(ds, 2))
-    for name in ("ids", "patches", "state", "pos", "targets"):
-        assert torch.equal(getattr(a, name), getattr(b, name)), name
 
 
 @pytest.mark.parametrize("diffusion", ["flow", "ddpm", "flow-delta"])
@@ -160,7 +86,7 @@ def test_sizes_table_is_printed_for_a_store(tiny, capsys):
 
 
 def test_noised_fills_noisy_blocks_and_context_noise_touches_only_observations(tiny):
-    from robofm.models.layout import NOISY, OBS
+    from robofm.tokenization.layout import NOISY, OBS
 
     ds, builder = tiny
     seq = builder.build(batch_of(ds, 2))
@@ -171,3 +97,22 @@ def test_noised_fills_noisy_blocks_and_context_noise_touches_only_observations(t
         assert moved[kinds == NOISY].all() and not moved[(kinds != NOISY) & (kinds != OBS)].any()
         assert moved[kinds == OBS].any() == (context_noise > 0)
         assert (noised.noise_level[0, kinds == NOISY] > 0).all() and target.shape == seq.frame_x0.shape
+
+
+def test_the_objective_needs_only_forward(tiny):
+    """A wrapper that exposes nothing but forward (as DDP does) gives the same losses as the model itself."""
+
+    class ForwardOnly(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, seq):
+            return self.inner(seq)
+
+    ds, builder = tiny
+    model, seq = make_model(builder), builder.build(batch_of(ds, 2))
+    objective = Objective(ObjectiveConfig())
+    direct = objective(model, seq, torch.Generator().manual_seed(0))
+    wrapped = objective(ForwardOnly(model), seq, torch.Generator().manual_seed(0))
+    assert all(torch.equal(direct[k], wrapped[k]) for k in direct)

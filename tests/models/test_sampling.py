@@ -6,20 +6,15 @@ import numpy as np
 import pytest
 import torch
 
+from robofm.models.diffusion import FrameDiffusion
 from robofm.models.sampling import imagine, predict_action_chunk
-from robofm.objectives.flow_matching import FrameDiffusion
-from tests.models.conftest import WINDOW, batch_of, make_builder, make_model, make_store
+from tests.models.conftest import WINDOW, batch_of, make_model
 
 
 def observed(batch: dict, steps: int = WINDOW) -> dict:
     """The batch as a policy sees it: `steps` observations, no target frame."""
     return {**batch, "frames": batch["frames"][:, :, :steps], "state": batch["state"][:, :steps],
             "actions": batch["actions"][:, :steps]}  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def fast(tmp_path_factory):
-    return make_builder(make_store(tmp_path_factory.mktemp("fast") / "store"), action="fast")
 
 
 @pytest.mark.parametrize("kind", ["binning", "fast"])
@@ -100,7 +95,7 @@ def test_an_untrained_delta_model_imagines_the_last_frame_and_a_frame_model_does
 def test_x0_prediction_of_the_true_x0_samples_it_and_costs_no_loss():
     """The x0 head's output enters the flow loss and the sampler as the velocity (x_t - x0) / t: a head that
     outputs the true x0 has zero loss at every t >= MIN_T, and the sampler returns that x0 in any number of steps."""
-    from robofm.objectives.flow_matching import MIN_T
+    from robofm.models.diffusion import MIN_T
 
     diffusion = FrameDiffusion("flow", prediction="x0", target="delta")
     g = torch.Generator().manual_seed(0)
@@ -123,13 +118,3 @@ def test_unknown_or_unsupported_frame_settings_are_usage_errors(settings):
         FrameDiffusion(**settings)
 
 
-def test_fast_chunks_fit_their_slots_and_end_with_eoa(fast):
-    from robofm.models.layout import Vocab
-
-    ds, builder = fast
-    seq = builder.build(batch_of(ds, 4))
-    slots = seq.ids[:, builder.layout(builder.noisy_steps()).act_index]  # (B, K, A)
-    assert builder.truncated_chunks == 0
-    ends = (slots == Vocab.EOA).float().argmax(-1)
-    assert ((slots == Vocab.EOA).sum(-1) == 1).all() and (ends >= 1).all()
-    assert ((slots >= builder.vocab.action_offset).sum(-1) == ends).all()  # the tokens, then EOA, then PAD

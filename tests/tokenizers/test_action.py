@@ -10,6 +10,8 @@ import torch
 
 from robofm.errors import UsageError
 from robofm.tokenizers.action import (
+    EMPTY,
+    END,
     BinningActionTokenizer,
     FastActionTokenizer,
     Normalizer,
@@ -143,7 +145,7 @@ def test_fast_round_trip_within_bound(fast, make):
     back = fast.decode_batch(fast.encode_batch(x))
     assert back.dtype == np.float32 and back.shape == x.shape
     assert np.abs(back - x).max() <= fast.error_bound() + 1e-6
-    assert fast.encode(torch.from_numpy(x[0])) == fast.encode(x[0])
+    assert fast.encode_batch(torch.from_numpy(x[:1])) == fast.encode_batch(x[:1])
 
 
 def test_fast_compresses_smooth_chunks(fast):
@@ -165,29 +167,69 @@ def test_fast_save_load_identical(fast, tmp_path):
 
 
 def test_fast_decode_of_malformed_tokens_is_a_valid_chunk(fast):
-    valid = fast.encode(smooth_chunks(1, 11)[0])
+    valid = fast.encode_batch(smooth_chunks(1, 11))[0]
     rng = np.random.default_rng(0)
     random_ids = rng.integers(-50, fast.vocab_size + 50, 40).tolist()  # includes out-of-range ids
     malformed = [[], random_ids, valid[: len(valid) // 2], valid * 2, [10**12]]
     for tokens in malformed:
-        x = fast.decode(tokens)
+        x = fast.decode_batch([tokens])[0]
         assert x.shape == (STEPS, DIMS) and x.dtype == np.float32 and np.isfinite(x).all() and np.abs(x).max() <= 1
-    np.testing.assert_array_equal(fast.decode(valid * 2), fast.decode(valid))  # too long: truncated
-    assert np.all(fast.decode([]) == 0)
+    np.testing.assert_array_equal(fast.decode_batch([valid * 2]), fast.decode_batch([valid]))  # too long: truncated
+    assert np.all(fast.decode_batch([[]]) == 0)
 
 
 def test_fast_errors():
     with pytest.raises(UsageError, match="not fitted"):
-        FastActionTokenizer().encode(np.zeros((STEPS, DIMS)))
+        FastActionTokenizer().encode(np.zeros((1, STEPS, DIMS)))
     tok = FastActionTokenizer(vocab_size=64).fit(noisy_chunks(5, 0))
     with pytest.raises(UsageError, match=r"\(8, 4\), got \(8, 3\)"):
-        tok.encode(np.zeros((STEPS, 3)))
+        tok.encode(np.zeros((1, STEPS, 3)))
     with pytest.raises(UsageError, match="no chunks"):
         FastActionTokenizer().fit([])
     with pytest.raises(UsageError, match="unknown action tokenizer kind 'vq'"):
         build_action_tokenizer("vq")
     with pytest.raises(UsageError, match="n_bin"):
         build_action_tokenizer("binning", n_bin=3)
+
+
+# One protocol
+
+
+@pytest.mark.parametrize("kind", ["binning", "fast"])
+def test_binning_and_fast_stand_behind_one_protocol(kind, fast, tmp_path):
+    """encode -> rows of slots(s, D) ids, EMPTY or END; decode back within the bound on the real dimensions;
+    empty_slots are the slots no chunk of those dimensions fills; a saved tokenizer encodes the same rows."""
+    tok = BinningActionTokenizer(256) if kind == "binning" else fast
+    x = torch.from_numpy(smooth_chunks(6, 12)).float()
+    dims = torch.ones(6, DIMS, dtype=torch.bool)
+    dims[:3, -1] = False  # three chunks of an embodiment with one dimension fewer (padded with zeros)
+    x[:3, :, -1] = 0.0
+    ids = tok.encode(x, dims)
+    assert isinstance(ids, torch.Tensor) and ids.shape == (6, tok.slots(STEPS, DIMS))
+    assert (((ids >= 0) & (ids < tok.vocab_size)) | (ids == EMPTY) | (ids == END)).all()
+    empty = tok.empty_slots(dims, STEPS)
+    assert empty.shape == ids.shape and (ids[empty] == EMPTY).all()
+    if tok.variable_length:  # tokens, one END, then EMPTY
+        assert ((ids == END).sum(-1) == 1).all() and not empty.any()
+        after = torch.arange(ids.shape[1]) > (ids == END).float().argmax(-1, keepdim=True)
+        assert (ids[after] == EMPTY).all() and (ids[~after & (ids != END)] >= 0).all()
+    else:  # one token per step and real dimension
+        assert not (ids == END).any() and torch.equal(ids == EMPTY, empty) and int(empty.sum()) == 3 * STEPS
+    back = tok.decode(ids, STEPS, DIMS)
+    assert isinstance(back, torch.Tensor) and back.shape == x.shape
+    bound = 1 / 256 if kind == "binning" else tok.error_bound()
+    assert (back - x)[dims[:, None, :].expand_as(x)].abs().max() <= bound + 1e-6
+    tok.save(tmp_path)
+    loaded = load_action_tokenizer(tmp_path)
+    assert loaded.slots(STEPS, DIMS) == tok.slots(STEPS, DIMS) and torch.equal(loaded.encode(x, dims), ids)
+
+
+def test_fast_cuts_a_chunk_longer_than_its_slots_and_counts_it(fast):
+    tight = FastActionTokenizer(scale=10.0, vocab_size=256, chunk_slots=3).fit(noisy_chunks(20, 2))
+    ids = tight.encode(noisy_chunks(2, 3))
+    assert ids.shape == (2, 3) and (ids[:, 2] == END).all() and (ids[:, :2] >= 0).all()
+    assert tight.truncated_chunks == 2
+    assert np.abs(tight.decode(ids, STEPS, DIMS)).max() <= 1  # the cut chunk still decodes (without its tail)
 
 
 @pytest.mark.parametrize("n", [1, 2, 7, 16])

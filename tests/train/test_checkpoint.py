@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from robofm.errors import UsageError
-from robofm.train.checkpoint import latest_checkpoint, load_checkpoint, resolve_checkpoint, save_checkpoint
+from robofm.models.pretrained import latest_checkpoint, resolve_checkpoint
+from robofm.train.checkpoint import load_checkpoint, save_checkpoint
 from robofm.train.loop import _get_rng, _set_rng
 
 

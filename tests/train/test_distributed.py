@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from robofm.train.export import load_pretrained
+from robofm.models.pretrained import from_pretrained
 from tests.conftest import write_store
 from tests.models.conftest import textured_episode
 from tests.train.conftest import TINY, read_metrics, step_losses, train_in_process
@@ -87,7 +87,7 @@ def test_ddp_matches_one_process_with_the_same_global_batch(store, reference, tm
     val, val_ref = ({m["step"]: m["val/total"] for m in read_metrics(r) if "val/total" in m} for r in (run, reference))
     assert val.keys() == val_ref.keys() and all(abs(val[s] - val_ref[s]) <= TOL for s in val)
     assert_written_once(run)
-    assert_same_weights(load_pretrained(run).model.state_dict(), load_pretrained(reference).model.state_dict())
+    assert_same_weights(from_pretrained(run).model.state_dict(), from_pretrained(reference).model.state_dict())
 
 
 def test_fsdp_checkpoint_and_export_load_in_one_process(store, reference, tmp_path):
@@ -96,14 +96,14 @@ def test_fsdp_checkpoint_and_export_load_in_one_process(store, reference, tmp_pa
     assert_same_losses(run, reference)
     assert_written_once(run)
     # the export (EMA weights gathered from the shards) is the full model a single process loads
-    assert_same_weights(load_pretrained(run).model.state_dict(), load_pretrained(reference).model.state_dict())
+    assert_same_weights(from_pretrained(run).model.state_dict(), from_pretrained(reference).model.state_dict())
     # one process resumes the sharded run's checkpoint (full weights, optimizer, EMA, data position) and goes on
     # exactly as the sharded run did
     resumed = tmp_path / "resumed"
     ckpt = run / "checkpoints" / "step-00000003"
     train_in_process(resumed, [*COMMON, f"data.path={store}", f"data.batch_size={2 * B}", f"resume={ckpt}"])
     assert_same_losses(resumed, run, range(4, STEPS + 1))
-    assert_same_weights(load_pretrained(resumed).model.state_dict(), load_pretrained(run).model.state_dict())
+    assert_same_weights(from_pretrained(resumed).model.state_dict(), from_pretrained(run).model.state_dict())
 
 
 def test_fsdp_resumes_a_one_process_checkpoint(store, reference, tmp_path):
@@ -113,4 +113,4 @@ def test_fsdp_resumes_a_one_process_checkpoint(store, reference, tmp_path):
     ckpt = reference / "checkpoints" / "step-00000003"
     torchrun(run, [*COMMON, "trainer=fsdp", f"data.path={store}", f"data.batch_size={B}", f"resume={ckpt}"])
     assert_same_losses(run, reference, range(4, STEPS + 1))
-    assert_same_weights(load_pretrained(run).model.state_dict(), load_pretrained(reference).model.state_dict())
+    assert_same_weights(from_pretrained(run).model.state_dict(), from_pretrained(reference).model.state_dict())

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from robofm.models.pretrained import from_pretrained
 from robofm.models.robofm import RobofmModel
-from robofm.train.export import load_pretrained
 from robofm.train.finetune import FinetuneConfig, apply_mode, load_base_weights, merge_lora, trainable
 from tests.models.conftest import make_store
 from tests.train.conftest import TINY, train_in_process
@@ -31,7 +31,7 @@ def finetune(run, base_dir, store, *extra):
 
 def test_a_new_embodiment_keeps_the_base_and_grows_what_it_must(base, tmp_path):
     base_dir, store = base
-    pre = load_pretrained(base_dir)
+    pre = from_pretrained(base_dir)
     trainer = finetune(tmp_path / "run", base_dir, store)
     b = trainer.builder
     assert b.embodiments == ["arm", "biarm"] and (b.state_dim, b.action_dim) == (5, 4)
@@ -42,16 +42,16 @@ def test_a_new_embodiment_keeps_the_base_and_grows_what_it_must(base, tmp_path):
     w, base_w = fresh.state_in.weight, pre.model.state_in.weight  # columns [state 3 | mask 3] -> [state 5 | mask 5]
     assert torch.equal(w[:, :3], base_w[:, :3]) and torch.equal(w[:, 5:8], base_w[:, 3:])
     assert torch.equal(fresh.backbone.blocks[0].attn.qkv.weight, pre.model.backbone.blocks[0].attn.qkv.weight)
-    tuned = load_pretrained(tmp_path / "run")  # the export of a fine-tuned run loads like any base
+    tuned = from_pretrained(tmp_path / "run")  # the export of a fine-tuned run loads like any base
     assert tuned.builder.embodiments == ["arm", "biarm"]
     assert not torch.equal(tuned.model.backbone.blocks[0].attn.qkv.weight, pre.model.backbone.blocks[0].attn.qkv.weight)
 
 
 def test_frozen_mode_trains_heads_and_embeddings_only(base, tmp_path):
     base_dir, store = base
-    pre = load_pretrained(base_dir).model.state_dict()
+    pre = from_pretrained(base_dir).model.state_dict()
     finetune(tmp_path / "run", base_dir, store, "finetune.mode=frozen")
-    tuned = load_pretrained(tmp_path / "run").model.state_dict()
+    tuned = from_pretrained(tmp_path / "run").model.state_dict()
     blocks = [n for n in tuned if n.startswith("backbone.blocks.")]
     assert blocks and all(torch.equal(tuned[n], pre[n]) for n in blocks)
     assert not torch.equal(tuned["token_head.weight"], pre["token_head.weight"])
@@ -59,7 +59,7 @@ def test_frozen_mode_trains_heads_and_embeddings_only(base, tmp_path):
 
 def test_lora_trains_only_adapters_outside_the_heads_and_merges_back(base, tmp_path):
     base_dir, store = base
-    pre = load_pretrained(base_dir).model.state_dict()
+    pre = from_pretrained(base_dir).model.state_dict()
     trainer = finetune(tmp_path / "run", base_dir, store, "finetune.mode=lora", "finetune.lora_rank=2")
     model = trainer.model
     lora = {n: p for n, p in model.named_parameters() if "lora_" in n}
@@ -73,11 +73,13 @@ def test_lora_trains_only_adapters_outside_the_heads_and_merges_back(base, tmp_p
     base_weights = [n for n, p in model.named_parameters() if n.startswith("backbone.blocks.") and "lora_" not in n]
     assert all(not dict(model.named_parameters())[n].requires_grad for n in base_weights)
 
-    exported = load_pretrained(tmp_path / "run").model  # a plain RobofmModel: adapters merged into the weights
+    exported = from_pretrained(tmp_path / "run").model  # a plain RobofmModel: adapters merged into the weights
     assert not any("lora_" in n for n in exported.state_dict())
     seq = trainer.builder([trainer.train_ds[i] for i in range(2)])
     with torch.no_grad():
-        torch.testing.assert_close(exported(seq), model.eval()(seq), atol=1e-4, rtol=1e-4)
+        out, want = exported(seq), model.eval()(seq)
+    for field in ("hidden", "logits", "frames"):
+        torch.testing.assert_close(getattr(out, field), getattr(want, field), atol=1e-4, rtol=1e-4)
     q = "backbone.blocks.0.attn.qkv.weight"
     assert not torch.equal(exported.state_dict()[q], pre[q])  # the adapters changed the merged weight
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from robofm.train.export import load_pretrained
+from robofm.models.pretrained import from_pretrained
 from tests.train.conftest import TINY, read_metrics, step_losses, train_in_process
 
 
@@ -22,33 +22,33 @@ def test_debug_run_lowers_the_loss_logs_it_and_exports_the_model(tmp_path, tiny_
     assert list((run / "tensorboard").glob("events.out.tfevents.*"))
     assert (run / "checkpoints" / "latest").read_text() == "step-00000050"
 
-    pretrained = load_pretrained(run)
+    pretrained = from_pretrained(run)
     items = [trainer.train_ds[i] for i in range(3)]
     seq, again = trainer.builder(items), pretrained.builder(items)  # the exported tokenization tokenizes alike
     assert all(torch.equal(getattr(seq, k), getattr(again, k)) for k in ("ids", "patches", "state", "targets"))
     model = trainer.model.eval()
     with torch.no_grad():
-        assert torch.equal(pretrained.model(again), model(seq))
-        assert torch.equal(pretrained.model.token_logits(pretrained.model(again)), model.token_logits(model(seq)))
+        out, want = pretrained.model(again), model(seq)
+        assert torch.equal(out.hidden, want.hidden) and torch.equal(out.logits, want.logits)
 
 
 def test_the_export_and_checkpoints_record_the_frame_diffusion(tmp_path, tiny_store):
-    """Imagining frames needs what the frame head was trained to predict: load_pretrained and load_for_eval on a
+    """Imagining frames needs what the frame head was trained to predict: from_pretrained on an export and on a
     checkpoint both rebuild the run's objective.frame_* settings, not the defaults."""
-    from robofm.eval.evaluate import load_for_eval
+    from robofm.models.pretrained import from_pretrained
 
     run = tmp_path / "run"
     train_in_process(run, TINY + [f"data.path={tiny_store}", "trainer.max_steps=2", "objective.frame_prediction=x0",
                                   "objective.frame_target=delta", "objective.logit_mean=0.5"])  # fmt: skip
     want = {"kind": "flow", "logit_mean": 0.5, "logit_std": 1.0, "prediction": "x0", "target": "delta"}
-    assert load_pretrained(run).diffusion.settings() == want
-    assert load_for_eval(run / "checkpoints" / "step-00000002").diffusion.settings() == want
+    assert from_pretrained(run).diffusion.settings() == want
+    assert from_pretrained(run / "checkpoints" / "step-00000002").diffusion.settings() == want
 
 
 def test_ema_weights_are_exported_when_kept(tmp_path, tiny_store):
     run = tmp_path / "run"
     trainer = train_in_process(run, TINY + [f"data.path={tiny_store}", "trainer.max_steps=4", "optim.ema=0.5"])
-    exported = load_pretrained(run).model.state_dict()
+    exported = from_pretrained(run).model.state_dict()
     assert (run / "checkpoints" / "step-00000004" / "ema.safetensors").is_file()
     for name in trainer.model.state_dict():
         assert torch.equal(exported[name], trainer.ema[name])

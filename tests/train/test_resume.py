@@ -11,7 +11,8 @@ import signal
 import pytest
 import torch
 
-from robofm.train.checkpoint import KILL_AT, latest_checkpoint, load_checkpoint
+from robofm.models.pretrained import latest_checkpoint
+from robofm.train.checkpoint import KILL_AT, load_checkpoint
 from tests.train.conftest import TINY, final_weights, read_metrics, run_cli, step_losses, train_in_process
 
 # Batch 4: 24 samples are 6 steps per epoch, so step 10 falls in the middle of the second epoch; with 40, step 10

@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from robofm.train.export import export, load_pretrained
+from robofm.models.pretrained import export, from_pretrained
 from robofm.viz.__main__ import main
 from robofm.viz.rollout import PSNR_CAP, ActionTrace, edit_actions, max_horizon, psnr
 from robofm.viz.video import HEADER, SEP, side_by_side, upscale_factor
@@ -119,7 +119,7 @@ def test_what_if_imagines_its_own_frames(trained, tmp_path):
     """Beside the real-action rollout: a model whose frame head is not ~zero after 5 steps (as the model tests
     do), so the actions can show in the frames."""
     store, run = trained
-    pretrained = load_pretrained(run)
+    pretrained = from_pretrained(run)
     torch.manual_seed(0)
     torch.nn.init.normal_(pretrained.model.frame_head.weight, std=0.5)
     base = export(tmp_path / "export", pretrained.model, pretrained.builder, pretrained.diffusion)

@@ -1,4 +1,5 @@
-"""The token layout of one sample and the vocabulary it draws from (DESIGN.md, "Tokens" and "Attention").
+"""The token layout of one sample, the vocabulary it draws from, and the attention metadata of its tokens
+(docs/design.md, "Tokens" and "Attention").
 
     [BOS] [EMB] [text ... EOT PAD ...]
     for t in 0 .. K-1:  OBS_t (C x P patches)  STATE_t (1)  ACT_t (A slots)  [NOISY_t+1 (C x P patches)]
@@ -15,10 +16,32 @@ from dataclasses import dataclass
 from functools import cached_property
 
 import numpy as np
+import torch
+from torch import Tensor
 
 # modality ids (learned embedding rows)
 SPECIAL, TEXT, ACTION, OBS, STATE, NOISY = range(6)
 MODALITIES = 6
+
+
+@dataclass
+class TokenMeta:
+    """What the attention mask needs to know of each token, all [B, L]:
+    block  int: a clean token sees clean keys whose block is <= its own (equal block: bidirectional)
+    group  int: -1 for clean tokens; a NOISY block's tokens share a group id and see each other
+    valid  bool: False for padding and missing cameras, which no query may attend to
+    A NOISY token's block is the block of the last clean token it may see (the end of its action chunk).
+    """
+
+    block: Tensor
+    group: Tensor
+    valid: Tensor
+
+    def cat(self, other: TokenMeta) -> TokenMeta:
+        return TokenMeta(*(torch.cat([a, b], dim=1) for a, b in zip(self.astuple(), other.astuple(), strict=True)))
+
+    def astuple(self) -> tuple[Tensor, Tensor, Tensor]:
+        return self.block, self.group, self.valid
 
 
 @dataclass(frozen=True)

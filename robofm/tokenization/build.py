@@ -1,5 +1,5 @@
 """Build the tokenization (a SequenceBuilder) from training data, save it beside a checkpoint and load it back,
-and size a model for it."""
+and count the tokens an epoch of data gives."""
 
 from __future__ import annotations
 
@@ -10,9 +10,8 @@ from pathlib import Path
 import numpy as np
 
 from robofm.errors import UsageError
-from robofm.models.config import ModelConfig
-from robofm.models.layout import Vocab
-from robofm.models.sequence import SequenceBuilder, SequenceConfig
+from robofm.tokenization.layout import Vocab
+from robofm.tokenization.sequence import SequenceBuilder, SequenceConfig
 from robofm.tokenizers.action import Normalizer, build_action_tokenizer, load_action_tokenizer
 from robofm.tokenizers.image import build_image_tokenizer, load_image_tokenizer
 from robofm.tokenizers.text import build_text_tokenizer, load_text_tokenizer
@@ -52,12 +51,10 @@ def build_sequence_builder(dataset, seq: SequenceConfig, tok: TokenizerConfig) -
     else:
         frame_shape = (*dataset.frame_size, 3)
     if tok.action == "fast":
-        actions = build_action_tokenizer("fast", scale=tok.fast_scale, vocab_size=tok.fast_vocab_size)
-        chunks = np.stack(list(_action_chunks(dataset, action_norm, tok.fast_fit_chunks)))
-        actions.fit(chunks)
-        if not seq.action_tokens:  # room for the longest chunk seen, a quarter more, and EOA
-            longest = max(len(t) for t in actions.encode_batch(chunks))
-            seq = replace(seq, action_tokens=int(np.ceil(1.25 * longest)) + 1)
+        actions = build_action_tokenizer("fast", scale=tok.fast_scale, vocab_size=tok.fast_vocab_size,
+                                         chunk_slots=seq.action_tokens)  # fmt: skip
+        actions.fit(_action_chunks(dataset, action_norm, tok.fast_fit_chunks))
+        seq = replace(seq, action_tokens=actions.chunk_slots)  # the slots it uses, as sequence.json records them
     else:
         actions = build_action_tokenizer("binning", n_bins=tok.n_bins)
     text = build_text_tokenizer(tok.text, tok.text_path)
@@ -86,13 +83,6 @@ def _action_chunks(dataset, norm: Normalizer, n: int):
         item = dataset[int(i)]
         if item["action_mask"].any():
             yield from norm.normalize(item["actions"], item["embodiment"]).numpy()
-
-
-def model_config(builder: SequenceBuilder, size: str, **overrides) -> ModelConfig:
-    """A model of `size` whose vocabulary, patch, state and camera shapes fit the builder."""
-    return ModelConfig.sized(size, vocab_size=builder.vocab.size, patch_dim=builder.image.patch_dim(),
-                             state_dim=builder.state_dim, max_cameras=max(len(builder.cameras), 1),
-                             max_patches=builder.patches, **overrides)  # fmt: skip
 
 
 def save_sequence_builder(builder: SequenceBuilder, directory: str | Path) -> None:
@@ -130,3 +120,26 @@ def load_sequence_builder(directory: str | Path) -> SequenceBuilder:
                            embodiments=config["embodiments"], cameras=config["cameras"],
                            frame_shape=tuple(config["frame_shape"]), state_dim=config["state_dim"],
                            action_dim=config["action_dim"])  # fmt: skip
+
+
+@dataclass
+class EpochTokens:
+    """What one epoch of a dataset holds for a tokenization: windows x tokens per sample."""
+
+    windows: int
+    tokens_per_sample: int
+    too_short: int  # episodes shorter than one window, never sampled
+
+    @property
+    def tokens(self) -> int:
+        return self.windows * self.tokens_per_sample
+
+
+def epoch_tokens(dataset, builder: SequenceBuilder) -> EpochTokens:
+    """The windows of one epoch of an EpisodeWindowDataset (every rank's) and the tokens of one sample's sequence
+    (with the configured NOISY blocks): robofm-plan, the training plan and the dataset card all count this way."""
+    noisy = builder.cfg.noisy
+    blocks = {"all": builder.cfg.window_len, "last": 1}.get(noisy) or int(noisy)
+    per_sample = len(builder.layout(tuple(range(1, blocks + 1))))
+    windows = int(sum(c[-1] for c in dataset.cum_windows if len(c)))
+    return EpochTokens(windows, per_sample, len(dataset.too_short))

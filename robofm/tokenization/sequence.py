@@ -8,7 +8,6 @@ It runs as the DataLoader's collate_fn, so tokenization happens in the loader's 
 from __future__ import annotations
 
 import dataclasses
-import logging
 from dataclasses import dataclass
 
 import torch
@@ -16,10 +15,9 @@ from torch import Tensor
 from torch.utils.data import default_collate
 
 from robofm.errors import UsageError
-from robofm.models.backbone import TokenMeta
-from robofm.models.layout import Layout, Vocab
+from robofm.tokenization.layout import Layout, TokenMeta, Vocab
+from robofm.tokenizers.action import EMPTY, END, ActionTokenizer
 
-log = logging.getLogger(__name__)
 IGNORE = -100  # target of a position with no token loss
 TARGET_TEXT, TARGET_ACTION = 1, 2
 
@@ -56,6 +54,12 @@ class Sequence:
     noisy_index: Tensor
     noisy_block: Tensor
     sample_key: Tensor
+
+    @property
+    def token_readout(self) -> Tensor:
+        """Boolean [L]: the positions whose next token is text or action (the same in every sample: the layout's),
+        where the model reads out token logits."""
+        return self.target_kind[0] > 0
 
     def to(self, device: torch.device | str) -> Sequence:
         moved = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
@@ -105,7 +109,7 @@ class SequenceBuilder:
     embodiments: names in id order; cameras: camera names in item order; frame_shape: (H, W, 3) frames or
     (C, h, w) latents as stored; state_dim, action_dim: the model's (padded) maxima."""
 
-    def __init__(self, cfg: SequenceConfig, *, text, actions, image, state_norm, action_norm, vocab: Vocab,
+    def __init__(self, cfg: SequenceConfig, *, text, actions: ActionTokenizer, image, state_norm, action_norm, vocab: Vocab,
                  embodiments: list[str], cameras: list[str], frame_shape: tuple[int, ...], state_dim: int,
                  action_dim: int) -> None:  # fmt: skip
         self.cfg, self.text, self.actions, self.image, self.vocab = cfg, text, actions, image, vocab
@@ -114,14 +118,10 @@ class SequenceBuilder:
         self.state_dim, self.action_dim = state_dim, action_dim
         if len(self.embodiments) > vocab.max_embodiments:
             raise UsageError(f"{len(self.embodiments)} embodiments but the vocabulary has {vocab.max_embodiments} slots")
-        self.binning = not hasattr(actions, "encode_batch")
-        self.action_len = cfg.stride * action_dim if self.binning else cfg.action_tokens
-        if self.action_len < 2:
-            raise UsageError("FAST action chunks need sequence.action_tokens >= 2 slots (tokens and EOA)")
+        self.action_len = actions.slots(cfg.stride, action_dim)
         gh, gw = image.grid(self.frame_shape)
         self.patches = gh * gw
         self._text_cache: dict[str, list[int]] = {}
-        self.truncated_chunks = 0  # FAST chunks longer than their slots (decoding falls back; see tokenizer)
 
     def layout(self, noisy_steps: tuple[int, ...], steps: int | None = None) -> Layout:
         return Layout(steps or self.cfg.window_len, len(self.cameras), self.patches, self.cfg.text_len,
@@ -245,35 +245,36 @@ class SequenceBuilder:
         return out
 
     def action_tokens(self, actions: Tensor, action_mask: Tensor, embodiments: list[str]) -> tuple[Tensor, Tensor, Tensor]:
-        """ids, valid (may be attended to), loss (is a target) [B, K, A] of each step's action chunk.
-        Binning: one slot per step and dimension; padded dimensions are PAD, unseen and without loss.
-        FAST: the chunk's tokens, EOA, then PAD. An episode without actions: NO_ACTION in slot 0, no loss."""
+        """ids, valid (may be attended to), loss (is a target) [B, K, A] of each step's action chunk: the action
+        tokenizer's slots (binning: one per step and dimension, padded dimensions PAD; FAST: the chunk's tokens,
+        EOA, then PAD), PAD where it leaves a slot empty. An episode without actions: NO_ACTION in slot 0, no loss."""
         b, k = actions.shape[:2]
-        ids = torch.full((b, k, self.action_len), Vocab.PAD, dtype=torch.long)
         has = action_mask.any(dim=1)
         norm = torch.stack([self.action_norm.normalize(a, e) if h else torch.zeros_like(a)
                             for a, e, h in zip(actions, embodiments, has, strict=True)])  # fmt: skip
-        if self.binning:
-            ids[:] = self.actions.encode(norm) + self.vocab.action_offset  # (B, K, s*Da), step-major
-            dims = action_mask[:, None, None, :].expand(b, k, self.cfg.stride, -1).reshape(b, k, -1)
-            ids[~dims] = Vocab.PAD
-            loss = dims.clone()
-        else:
-            chunks = self.actions.encode_batch(norm.flatten(0, 1).numpy())
-            loss = torch.zeros_like(ids, dtype=torch.bool)
-            for i, tokens in enumerate(chunks):
-                row = [self.vocab.action_offset + t for t in tokens][: self.action_len - 1] + [Vocab.EOA]
-                if len(tokens) > self.action_len - 1:
-                    self.truncated_chunks += 1
-                    log.warning("a FAST action chunk of %d tokens is cut to %d slots (%d so far in this process); it "
-                                "decodes without its highest frequencies: raise sequence.action_tokens",
-                                len(tokens), self.action_len - 1, self.truncated_chunks)  # fmt: skip
-                ids[i // k, i % k, : len(row)] = torch.tensor(row)
-                loss[i // k, i % k, : len(row)] = True
+        dims = action_mask[:, None, :].expand(b, k, -1).flatten(0, 1)  # (B*K, Da)
+        slots = self.actions.encode(norm.flatten(0, 1), dims)  # (B*K, A): token ids, EMPTY or END
+        ids = self.to_vocab(slots).reshape(b, k, self.action_len)
         ids[~has] = Vocab.PAD
         ids[~has, :, 0] = Vocab.NO_ACTION
+        loss = ids != Vocab.PAD
         loss[~has] = False
         return ids, ids != Vocab.PAD, loss
+
+    def empty_action_slots(self, action_mask: Tensor) -> Tensor:
+        """bool [B, A]: the slots of an action chunk that no chunk of these dimensions (action_mask [B, Da]) fills,
+        which stay PAD (binning: those of padded dimensions)."""
+        return self.actions.empty_slots(_pad_last(action_mask, self.action_dim), self.cfg.stride)
+
+    def to_vocab(self, slots: Tensor) -> Tensor:
+        """The action tokenizer's slot values (ids, EMPTY, END) as vocabulary ids (action ids, PAD, EOA)."""
+        ids = torch.where(slots == END, Vocab.EOA, Vocab.PAD)
+        return torch.where(slots >= 0, slots + self.vocab.action_offset, ids)
+
+    def from_vocab(self, ids: Tensor) -> Tensor:
+        """The inverse of `to_vocab`: vocabulary ids of action slots as the action tokenizer's slot values."""
+        slots = torch.where(ids == Vocab.EOA, END, EMPTY)
+        return torch.where(ids >= self.vocab.action_offset, ids - self.vocab.action_offset, slots)
 
 
 def _pad_last(x: Tensor, n: int) -> Tensor:

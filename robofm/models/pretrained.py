@@ -1,0 +1,151 @@
+"""A trained model, written and read one way: `export` writes it, `from_pretrained` loads it for every command.
+
+    RUN/export/                  the exported VLA base:
+        model.safetensors        weights (the EMA weights when the run kept an EMA)
+        model.json               the ModelConfig
+        diffusion.json           the frame diffusion it was trained with (kind, prediction, target)
+        tokenization/            sequence.json and the text, action and image tokenizers
+    RUN/tokenization/            the run's tokenization, written when it starts
+    RUN/checkpoints/step-N/      model.safetensors, config.yaml, state.pt (training state: robofm.train.checkpoint)
+    RUN/checkpoints/latest       the name of the newest complete checkpoint
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from omegaconf import OmegaConf
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from robofm.errors import UsageError
+from robofm.models.config import ModelConfig, model_config
+from robofm.models.diffusion import FrameDiffusion
+from robofm.models.robofm import RobofmModel
+from robofm.tokenization.build import load_sequence_builder, save_sequence_builder
+from robofm.tokenization.sequence import SequenceBuilder
+
+log = logging.getLogger(__name__)
+LATEST = "latest"
+
+
+@dataclass
+class Pretrained:
+    """A loaded model (eval mode), the SequenceBuilder that tokenizes its inputs, the frame diffusion that turns its
+    frame head into imagined frames, and where it came from ("export DIR" or "checkpoint DIR")."""
+
+    model: RobofmModel
+    builder: SequenceBuilder
+    diffusion: FrameDiffusion
+    source: str
+
+
+def export(directory: Path, model: RobofmModel, builder: SequenceBuilder, diffusion: FrameDiffusion,
+           ema: dict | None = None) -> Path:  # fmt: skip
+    """Write the export folder (see the module docstring); `ema` replaces the model's weights when given."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    weights = ema if ema is not None else model.state_dict()
+    save_file({k: v.detach().to(torch.float32).contiguous().cpu() for k, v in weights.items()},
+              str(directory / "model.safetensors"))  # fmt: skip
+    (directory / "model.json").write_text(json.dumps(model.cfg.to_dict(), indent=1))
+    (directory / "diffusion.json").write_text(json.dumps(diffusion.settings(), indent=1))
+    save_sequence_builder(builder, directory / "tokenization")
+    return directory
+
+
+def from_pretrained(path: str | Path, device: str | torch.device = "cpu") -> Pretrained:
+    """The model of an export folder, a run folder (its export/, else its latest checkpoint) or a checkpoint folder.
+
+    A checkpoint folder gives its model.safetensors (not the EMA weights) with the run's tokenization
+    (RUN/tokenization) and the model config of RUN/export/model.json, or, before the run exported, the one
+    config.yaml's model.size and model.attention rebuild. UsageError, naming the folder and what it holds, for
+    anything else."""
+    path = Path(path)
+    if not path.exists():
+        raise UsageError(f"{path} does not exist: give an export, run or checkpoint folder")
+    if not (path / "model.json").is_file() and (path / "export" / "model.json").is_file():
+        path = path / "export"
+    if (path / "model.json").is_file():
+        cfg = ModelConfig(**json.loads((path / "model.json").read_text()))
+        builder = load_sequence_builder(path / "tokenization")
+        return _load(cfg, path / "model.safetensors", builder, load_diffusion(path), f"export {path}", device)
+    try:
+        ckpt = resolve_checkpoint(path)
+    except UsageError as e:
+        found = sorted(p.name for p in path.iterdir()) if path.is_dir() else []
+        raise UsageError(f"{path} is not an export, run or checkpoint folder (it holds {found}): {e}") from e
+    run = ckpt.parent.parent
+    if not (run / "tokenization" / "sequence.json").is_file():
+        raise UsageError(f"checkpoint {ckpt} has no tokenization: expected {run / 'tokenization'}")
+    builder = load_sequence_builder(run / "tokenization")
+    if (run / "export" / "model.json").is_file():
+        cfg = ModelConfig(**json.loads((run / "export" / "model.json").read_text()))
+    else:
+        yaml = OmegaConf.load(ckpt / "config.yaml")
+        cfg = model_config(builder, yaml.model.size, attention=yaml.model.get("attention", "sdpa"))
+    return _load(cfg, ckpt / "model.safetensors", builder, load_diffusion(ckpt), f"checkpoint {ckpt}", device)
+
+
+def _load(cfg: ModelConfig, weights: Path, builder: SequenceBuilder, diffusion: FrameDiffusion, source: str,
+          device: str | torch.device) -> Pretrained:  # fmt: skip
+    model = RobofmModel(cfg)
+    try:
+        model.load_state_dict(load_file(str(weights)))
+    except (OSError, SafetensorError, RuntimeError) as e:  # a missing or truncated file, or weights of another shape
+        raise UsageError(f"cannot load the weights {weights}: {e}") from e
+    return Pretrained(model.to(device).eval(), builder, diffusion, source)
+
+
+def load_diffusion(path: Path) -> FrameDiffusion:
+    """The frame diffusion of an export folder (diffusion.json) or a checkpoint folder (the objective of its
+    config.yaml); the default objective's for an export from before diffusion.json was written."""
+    if (path / "diffusion.json").is_file():
+        return FrameDiffusion(**json.loads((path / "diffusion.json").read_text()))
+    if (path / "config.yaml").is_file():
+        o = OmegaConf.to_container(OmegaConf.load(path / "config.yaml")).get("objective", {})
+        return FrameDiffusion(o.get("frame_diffusion", "flow"), o.get("logit_mean", 0.0), o.get("logit_std", 1.0),
+                              o.get("frame_prediction", "velocity"), o.get("frame_target", "frame"))  # fmt: skip
+    return FrameDiffusion()
+
+
+# ------------------------------------------------------------------------------------------------ run folders
+
+
+def complete_checkpoints(root: Path) -> list[Path]:
+    """The complete checkpoint folders of RUN/checkpoints, oldest step first (a folder is renamed into place
+    complete)."""
+    return sorted(p for p in root.glob("step-*") if (p / "state.pt").is_file())
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    """The checkpoint `latest` names in run_dir/checkpoints, or None when there is none yet. When `latest` is
+    missing or names no complete checkpoint (a kill between the steps of a save), the newest complete one."""
+    root = Path(run_dir) / "checkpoints"
+    try:
+        path = root / (root / LATEST).read_text().strip()
+    except FileNotFoundError:
+        path = None
+    if path is not None and (path / "state.pt").is_file():
+        return path
+    found = complete_checkpoints(root) if root.is_dir() else []
+    if found:
+        log.warning("%s names no complete checkpoint: using the newest complete one, %s", root / LATEST, found[-1])
+        return found[-1]
+    return None
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint folder from a checkpoint folder, a run folder (its latest checkpoint) or a checkpoints folder."""
+    path = Path(path)
+    if (path / "state.pt").is_file():
+        return path
+    for run in (path, path.parent):
+        found = latest_checkpoint(run) if (run / "checkpoints").is_dir() else None
+        if found:
+            return found
+    raise UsageError(f"{path} is neither a checkpoint folder (with state.pt) nor a run folder with checkpoints")
