@@ -24,7 +24,7 @@ from robofm.train.config import TrainConfig, register
 register()
 
 
-@hydra.main(config_path="../conf", config_name="train", version_base="1.3")
+@hydra.main(config_path="pkg://robofm.conf", config_name="train", version_base="1.3")
 def run(cfg: DictConfig) -> None:
     from robofm.train.loop import Trainer  # after Hydra has parsed the command line: `--help` stays fast
 

@@ -1,6 +1,7 @@
-"""Typed schemas of the training configuration. Hydra composes `robofm/conf/` and merges it into these, so a
-misspelt key or a value of the wrong type fails at start with a message naming the key; a value outside its
-choices or range fails as the typed config is built (OmegaConf.to_object runs __post_init__), also naming it."""
+"""Typed schemas of the training configuration. Hydra composes `conf/` (the package robofm.conf) and merges it
+into these, so a misspelt key or a value of the wrong type fails at start with a message naming the key; a value
+outside its choices or range fails as the typed config is built (OmegaConf.to_object runs __post_init__), also
+naming it."""
 
 from __future__ import annotations
 

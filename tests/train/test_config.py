@@ -1,9 +1,11 @@
 """The training configuration: every group option composes and builds; bad keys and values fail at start naming
-the key; Hydra's --cfg job and --multirun work on the command."""
+the key; an experiment added to the checkout's conf/ or to a --config-dir composes; Hydra's --cfg job and --multirun
+work on the command."""
 
 from __future__ import annotations
 
 from importlib.resources import files
+from pathlib import Path
 
 import pytest
 import torch
@@ -17,6 +19,9 @@ from robofm.train.guard import SpikeGuard
 from tests.train.conftest import TINY, compose_config, read_metrics, run_cli
 
 CONF = files("robofm.conf")
+CHECKOUT_CONF = Path(__file__).parents[2] / "conf"
+# a user's experiment: an override of a group and of a key
+MINE = "# @package _global_\ndefaults:\n  - override /model: debug\ntrainer:\n  max_steps: 3\n"
 GROUP_OPTIONS = sorted((group.name, option.name.removesuffix(".yaml")) for group in CONF.iterdir() if group.is_dir()
                        for option in group.iterdir() if option.name.endswith(".yaml"))  # fmt: skip
 
@@ -78,7 +83,30 @@ def test_learning_rate_warms_up_then_follows_the_schedule(schedule):
         assert factors[79] == 1.0 and factors[81] < 1.0
 
 
+def test_an_experiment_dropped_into_the_checkouts_conf_composes():
+    # an editable install composes the checkout's conf/ itself: a new experiment needs no reinstall
+    assert Path(str(CONF)) == CHECKOUT_CONF, f"robofm.conf is {CONF}, not this checkout's conf/: pip install -e ."
+    dropped = CHECKOUT_CONF / "experiment" / "_dropped_by_test_config.yaml"
+    dropped.write_text(MINE)
+    try:
+        cfg, _ = compose_config(["experiment=_dropped_by_test_config"])
+    finally:
+        dropped.unlink()
+    assert cfg.trainer.max_steps == 3 and cfg.model.size == "debug"
+
+
 # ------------------------------------------------------------------------------------------------ the command
+
+
+@pytest.mark.slow
+def test_an_experiment_in_a_config_dir_composes(tmp_path):
+    # the experiment comes from my_conf/, the model option it chooses from the shipped configs
+    (tmp_path / "my_conf" / "experiment").mkdir(parents=True)
+    (tmp_path / "my_conf" / "experiment" / "mine.yaml").write_text(MINE)
+    result = run_cli(["--config-dir", "my_conf", "experiment=mine", "--cfg", "job"], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    printed = yaml.safe_load(result.stdout)
+    assert printed["trainer"]["max_steps"] == 3 and printed["model"]["size"] == "debug"
 
 
 @pytest.mark.slow
