@@ -6,8 +6,8 @@ in a subprocess that renders one small frame, and the verdict is cached for the 
 GPU, Mesa's OSMesa (package libosmesa6) and Mesa's EGL (libegl-mesa0, surfaceless llvmpipe; Debian's GL stack
 brings it) render the same pixels; with a CUDA GPU, EGL is the NVIDIA driver's.
 
-`python -m robofm.sim.gl` prints the backend that renders (exit 0) or why none does (exit 1); `make` runs it to
-decide whether to install libosmesa6.
+`python -m robofm.sim.gl` prints the backend that renders (exit 0) or why none does (exit 1; 2 without MuJoCo);
+`make` runs it to decide whether to install libosmesa6.
 """
 
 from __future__ import annotations
@@ -126,11 +126,15 @@ def _probe(backend: str) -> str | None:
 
 
 def main() -> int:
+    """Prints the backend that renders and returns 0; else prints why and returns 1 (no GL backend) or 2 (no MuJoCo)."""
     try:
         backend = find_backend()
-    except RobofmError as e:
+    except HeadlessGLError as e:
         print(f"robofm.sim.gl: {e}", file=sys.stderr)
         return 1
+    except RobofmError as e:
+        print(f"robofm.sim.gl: {e}", file=sys.stderr)
+        return 2
     print(backend)
     return 0
 
