@@ -1,5 +1,6 @@
 # robofm: `make demo` converts the embedded demo dataset and pretrains on it, `make test` the whole test suite.
-# Both create .venv (Python 3.12) and install robofm into it (with the dev and sim extras) when needed.
+# Both create .venv (Python 3.12) and install robofm into it (with the dev and sim extras) when needed, and then
+# check that MuJoCo can render off screen (`make gl`).
 
 SHELL := /bin/bash
 VENV := .venv
@@ -7,12 +8,13 @@ PY := $(VENV)/bin/python
 DEMO_SRC := datasets/metaworld_mt10
 DEMO_OUT := outputs/demo
 DEMO_EVAL := horizons=1,4,16 batches=8 batch_size=4 sampler_steps=10
+GL_PACKAGE := libosmesa6
 
 # python3.12 from PATH, else a pyenv-installed 3.12 (whose shim only answers when 3.12 is selected)
 PYTHON312 ?= $(shell for p in python3.12 $$HOME/.pyenv/versions/3.12*/bin/python3.12 /usr/local/bin/python3.12 /usr/bin/python3.12; do \
 	  $$p -c 'import sys; assert sys.version_info[:2] == (3, 12)' >/dev/null 2>&1 && { echo $$p; break; }; done)
 
-.PHONY: demo test bench lint clean
+.PHONY: demo test gl bench lint clean
 
 $(VENV)/.installed: pyproject.toml
 	@test -n "$(PYTHON312)" || { echo "Python 3.12 not found: install it and make python3.12 runnable"; exit 1; }
@@ -21,7 +23,27 @@ $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON312) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e ".[dev,sim]"
+	@$(MAKE) --no-print-directory gl
 	touch $@
+
+# MuJoCo (the sim extra) renders off screen through OSMesa or EGL; robofm/sim/gl.py finds which works (on a CPU
+# machine Mesa's EGL usually does). Where neither does: as root with apt-get, install OSMesa (libosmesa6); otherwise
+# say how. Never fails the build: without a backend the tests that render are skipped, naming the package.
+# (robofm.sim.gl exits 1 when no backend renders, 2 when MuJoCo itself is missing: nothing to install here then.)
+gl:
+	@test -x $(PY) || { echo "no $(PY) yet: run make test or make demo"; exit 1; }
+	@rc=0; env -u MUJOCO_GL -u PYOPENGL_PLATFORM $(PY) -m robofm.sim.gl >/dev/null 2>&1 || rc=$$?; \
+	if [ $$rc != 1 ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "MuJoCo cannot render off screen (neither OSMesa nor EGL works): apt-get install -y $(GL_PACKAGE)"; \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get install -y -q $(GL_PACKAGE) >/dev/null 2>&1 || \
+	    { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q $(GL_PACKAGE) >/dev/null 2>&1; } || \
+	    echo "apt-get could not install $(GL_PACKAGE): the tests that render will be skipped"; \
+	else \
+	  echo "MuJoCo cannot render off screen (neither OSMesa nor EGL works), so the tests that render will be" \
+	    "skipped; to run them: sudo apt-get install -y $(GL_PACKAGE) (Debian/Ubuntu)"; \
+	fi
 
 # Convert the demo dataset (once), pretrain the small model on it on the CPU, evaluate it on the held-out episodes
 # against the baselines, and write the HTML report of an imagined rollout. An interrupted `make demo` continues

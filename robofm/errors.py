@@ -11,6 +11,11 @@ class UsageError(RobofmError):
     """The command line or configuration asks for something that cannot be done."""
 
 
+class HeadlessGLError(RobofmError):
+    """MuJoCo finds no OpenGL it can render with off screen (neither OSMesa nor EGL works); the message names the
+    system package that is missing and the command that installs it."""
+
+
 class EpisodeError(RobofmError):
     """One source episode cannot be converted. Other episodes are unaffected."""
 

@@ -12,9 +12,9 @@ once per recorded frame and its action is held for 80/F simulator steps (action 
 (observation, action) pair is exactly what the controller saw and did. Recording stops ``--tail`` frames after
 the first success, or at ``--max-frames`` (then the episode counts as failed and is dropped).
 
-Needs the sim extra (``pip install metaworld==3.1.1``, which pins mujoco 3.3.0) and, without a display, an
-offscreen GL: ``apt-get install libosmesa6`` (MUJOCO_GL defaults to osmesa here) or MUJOCO_GL=egl on a GPU box.
-Downloads nothing. Deterministic for a given ``--seed`` (and machine/MuJoCo build).
+Needs the sim extra (``pip install metaworld==3.1.1``, which pins mujoco 3.3.0) and an offscreen GL: importing
+robofm.sim.metaworld sets MUJOCO_GL to a backend that renders (OSMesa or EGL, see robofm/sim/gl.py); where neither
+does, the script exits 2 naming the package to install (``apt-get install -y libosmesa6``). Downloads nothing. Deterministic for a given ``--seed`` (and machine/MuJoCo build).
 
     python scripts/collect_metaworld.py --out datasets/metaworld_mt10 --overwrite
 """
@@ -23,10 +23,6 @@ from __future__ import annotations
 
 import os
 
-# Headless rendering: must be set before mujoco (imported by metaworld) is first imported.
-os.environ.setdefault("MUJOCO_GL", "osmesa")
-if os.environ["MUJOCO_GL"] in ("osmesa", "egl"):
-    os.environ.setdefault("PYOPENGL_PLATFORM", os.environ["MUJOCO_GL"])
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach the hub: the dataset is local
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")  # one "Map" bar per saved episode otherwise
@@ -45,12 +41,14 @@ from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from robofm.sim.metaworld import (  # noqa: E402
+from robofm.errors import RobofmError  # noqa: E402
+from robofm.sim.metaworld import (  # noqa: E402  (chooses MUJOCO_GL: before anything imports mujoco)
     CAMERAS,
     INSTRUCTIONS,
     MT10_TASKS,
     STATE_NAMES,
     Renderer,
+    find_backend,
     split_obs,
 )
 
@@ -161,6 +159,11 @@ def make_features(cameras: list[str], size: int) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    try:
+        find_backend()  # before metaworld imports mujoco, which fails inside without a GL backend
+    except RobofmError as e:
+        print(f"collect_metaworld: error: {e}", file=sys.stderr)
+        return 2
     warnings.filterwarnings("ignore", message="Constant\\(s\\) may be too high")  # metaworld.policies.move
     logging.getLogger("lerobot.utils.import_utils").setLevel(logging.ERROR)  # torchcodec probe noise
 

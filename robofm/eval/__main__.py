@@ -1,30 +1,28 @@
 """`robofm-eval checkpoint=PATH data.path=STORE [split=val] [out=FILE.json] [seed=0] [batches=8] [batch_size=4]
 [horizons=1,4,16] [sampler_steps=10] [device=cpu]`: held-out metrics against
-baselines, printed as a table and written as JSON (see robofm.eval.evaluate). Bad input exits with status 2 and a one-line error."""
+baselines, printed as a table and written as JSON (see robofm.eval.evaluate). The keys are EvalConfig's fields
+(`--help` lists them with their types and defaults, `--cfg job` prints the resolved config). Bad input exits with
+status 2 and a one-line error."""
 
 from __future__ import annotations
 
-import argparse
 import sys
 
 from rich.console import Console
 from rich.table import Table
 
-from robofm.cli import parse_settings
+from robofm.cli import parse_command
 from robofm.errors import RobofmError
 from robofm.eval.evaluate import ACTION_METHODS, FRAME_METHODS, EvalConfig, evaluate
 from robofm.models.diffusion import describe
 
-KEYS = {"checkpoint": str, "data.path": str, "split": str, "out": str, "seed": int, "batches": int,
-        "batch_size": int, "horizons": lambda v: tuple(int(h) for h in v.split(",") if h.strip()),
-        "sampler_steps": int, "device": str}  # fmt: skip
+NAMES = {"data_path": "data.path"}  # the EvalConfig fields whose command-line key is not the field's name
 
 
-def parse_args(argv: list[str], parser: argparse.ArgumentParser) -> EvalConfig:
-    """key=value tokens -> EvalConfig; parser.error (exit 2) on an unknown key, a bad value or a missing one."""
-    values = parse_settings(parser, parser.parse_args(argv).overrides, KEYS, ("checkpoint", "data.path"))
-    values["data_path"] = values.pop("data.path")
-    return EvalConfig(**values)
+def parse_args(argv: list[str] | None = None) -> EvalConfig:
+    """The command line (sys.argv[1:] when None) -> EvalConfig. --help and --cfg job print and exit 0; an unknown
+    key, a bad value or a missing required key exits 2 with a one-line error (robofm.cli.parse_command)."""
+    return parse_command(EvalConfig, argv, prog="robofm-eval", description=__doc__, names=NAMES)
 
 
 def render(result: dict, console: Console) -> None:
@@ -61,10 +59,7 @@ def _fmt(x: float | None) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="robofm-eval", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
-    parser.add_argument("overrides", nargs="*", metavar="key=value")
-    cfg = parse_args(sys.argv[1:] if argv is None else argv, parser)
+    cfg = parse_args(argv)
     console = Console()
     try:
         result = evaluate(cfg, progress=True)

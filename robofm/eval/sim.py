@@ -2,27 +2,41 @@
 [videos=3] [ensemble=M] [fps=20]`: closed-loop rollouts of a policy in simulation (one action per control step
 at `fps`, the rate of the data it was trained on; the demo's is 20), its success rate with a 95% Wilson interval,
 and rollout videos. Needs the sim extra (`pip install robofm[sim]`); rendering is headless
-(robofm.sim.metaworld chooses MUJOCO_GL). Exit status 2 on a usage error."""
+(robofm.sim.gl chooses MUJOCO_GL; where neither OSMesa nor EGL works the error names the package to install).
+The keys are SimEvalConfig's fields (`--help` lists them with their types and defaults, `--cfg job` prints the
+resolved config). Exit status 2 on a usage error or without a headless GL."""
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from robofm.cli import parse_settings
+from robofm.cli import parse_command
 from robofm.errors import RobofmError, UsageError
 
-KEYS = {"policy": str, "env": str, "task": str, "episodes": int, "max_steps": int, "seed": int, "out": str,
-        "videos": int, "ensemble": float, "render_size": int, "fps": float}  # fmt: skip
-DEFAULTS = {"env": "metaworld", "episodes": 10, "max_steps": 100, "seed": 0, "out": None, "videos": 3,
-            "ensemble": None, "render_size": 96, "fps": 20.0}  # fmt: skip
+
+@dataclass
+class SimEvalConfig:
+    """What `robofm-eval-sim` runs: the keys of its command line."""
+
+    policy: str = field(metadata={"help": "a run, checkpoint or export folder"})
+    task: str = field(metadata={"help": "a MetaWorld v3 task, e.g. reach-v3"})
+    env: str = field(default="metaworld", metadata={"help": "the simulator (only metaworld)"})
+    episodes: int = 10
+    max_steps: int = field(default=100, metadata={"help": "control steps per episode"})
+    seed: int = field(default=0, metadata={"help": "seeds the layouts and the policy's sampling"})
+    out: str | None = field(default=None, metadata={"help": "output folder; null: outputs/eval_sim/TASK"})
+    videos: int = field(default=3, metadata={"help": "episodes recorded as mp4"})
+    ensemble: float | None = field(default=None, metadata={"help": "temporal ensembling weight m; null: off"})
+    render_size: int = field(default=96, metadata={"help": "square camera image size in pixels"})
+    fps: float = field(default=20.0, metadata={"help": "control rate; the training data's"})
 
 
 def wilson(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -35,41 +49,43 @@ def wilson(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
-def evaluate(args: dict, console: Console) -> dict:
-    if args["env"] != "metaworld":
-        raise UsageError(f"env={args['env']}: only metaworld is available")
-    try:
-        from robofm.sim import metaworld as mw
-    except ImportError as e:
-        raise UsageError(f"simulated evaluation needs the sim extra: pip install 'robofm[sim]' ({e})") from e
+def evaluate(cfg: SimEvalConfig, console: Console) -> dict:
+    """Roll cfg.policy out for cfg.episodes episodes of cfg.task; writes results.json and the videos into the output
+    folder and returns the result. UsageError for bad input, HeadlessGLError where MuJoCo cannot render (checked
+    before the policy is loaded)."""
+    if cfg.env != "metaworld":
+        raise UsageError(f"env={cfg.env}: only metaworld is available")
+    from robofm.sim import metaworld as mw
+
+    mw.find_backend()
     from robofm.policy import load_policy
     from robofm.viz.video import write_mp4
 
-    policy = load_policy(args["policy"], ensemble=args["ensemble"], seed=args["seed"])
+    policy = load_policy(cfg.policy, ensemble=cfg.ensemble, seed=cfg.seed)
     cameras = policy.builder.cameras
     unknown = [c for c in cameras if c not in mw.CAMERAS]
     if unknown:
         raise UsageError(f"the policy's cameras {unknown} are not MetaWorld cameras ({sorted(mw.CAMERAS)})")
-    fps = args["fps"]
-    env, layouts, repeat = mw.make_env(args["task"], args["seed"], fps, args["max_steps"])
-    renderer = mw.Renderer(env, cameras, args["render_size"])
-    instruction = mw.INSTRUCTIONS.get(args["task"], args["task"])
-    out = Path(args["out"] or Path("outputs") / "eval_sim" / args["task"])
+    fps = cfg.fps
+    env, layouts, repeat = mw.make_env(cfg.task, cfg.seed, fps, cfg.max_steps)
+    renderer = mw.Renderer(env, cameras, cfg.render_size)
+    instruction = mw.INSTRUCTIONS.get(cfg.task, cfg.task)
+    out = Path(cfg.out or Path("outputs") / "eval_sim" / cfg.task)
     out.mkdir(parents=True, exist_ok=True)
     episodes = []
     columns = [TextColumn("[bold]rollouts"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
                TimeElapsedColumn()]  # fmt: skip
     with Progress(*columns, console=console) as bar:
-        job = bar.add_task("episodes", total=args["episodes"], rate="")
-        for i in range(args["episodes"]):
+        job = bar.add_task("episodes", total=cfg.episodes, rate="")
+        for i in range(cfg.episodes):
             env.set_task(layouts[i % len(layouts)])
             obs, _ = env.reset()
             policy.reset()
             frames, success, steps = [], False, 0
-            while steps < args["max_steps"] and not success:
+            while steps < cfg.max_steps and not success:
                 steps += 1
                 images = renderer.render()
-                if i < args["videos"]:
+                if i < cfg.videos:
                     frames.append(np.concatenate([images[c] for c in cameras], axis=1))
                 state, _ = mw.split_obs(obs)
                 action = np.clip(policy.select_action({"images": images, "state": state, "task": instruction}), -1, 1)
@@ -84,21 +100,19 @@ def evaluate(args: dict, console: Console) -> dict:
     env.close()
     n, k = len(episodes), sum(e["success"] for e in episodes)
     lo, hi = wilson(k, n)
-    result = {"policy": str(args["policy"]), "env": "metaworld", "task": args["task"], "instruction": instruction,
+    result = {"policy": str(cfg.policy), "env": "metaworld", "task": cfg.task, "instruction": instruction,
               "episodes": n, "successes": k, "success_rate": k / n if n else 0.0, "ci95": [lo, hi],
-              "max_steps": args["max_steps"], "seed": args["seed"], "rollouts": episodes}  # fmt: skip
+              "max_steps": cfg.max_steps, "seed": cfg.seed, "rollouts": episodes}  # fmt: skip
     (out / "results.json").write_text(json.dumps(result, indent=1))
     result["out"] = str(out)
     return result
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="robofm-eval-sim", description=__doc__.split("\n\n")[0])
-    parser.add_argument("settings", nargs="*", metavar="key=value", help=f"keys: {', '.join(KEYS)}")
-    args = {**DEFAULTS, **parse_settings(parser, parser.parse_args(argv).settings, KEYS, ("policy", "task"))}
+    cfg = parse_command(SimEvalConfig, argv, prog="robofm-eval-sim", description=__doc__)
     console = Console(stderr=True)
     try:
-        r = evaluate(args, console)
+        r = evaluate(cfg, console)
     except RobofmError as e:
         console.print(f"[red]robofm-eval-sim: error:[/red] {e}")
         return 2

@@ -3,23 +3,21 @@ with, and the split of MetaWorld's observation into the robot state robofm store
 scripts/collect_metaworld.py (which records demonstrations) and robofm-eval-sim (which runs policies), so a
 policy sees in simulation exactly what it was trained on. Needs the sim extra (`pip install robofm[sim]`).
 
-Headless rendering: MUJOCO_GL defaults to egl on a machine with a CUDA GPU and osmesa otherwise; it is set here,
-unless the environment already chose, and only takes effect if this module is imported before mujoco (or
-metaworld) is: import it first, or set MUJOCO_GL yourself.
+Headless rendering: importing this module sets MUJOCO_GL, unless the environment already chose, to the backend
+that renders here (robofm.sim.gl.find_backend: egl first with a CUDA GPU, osmesa first otherwise, each tried in a
+subprocess). It only takes effect if this module is imported before mujoco (or metaworld) is: import it first, or
+set MUJOCO_GL yourself. Where no backend renders, make_env and Renderer raise HeadlessGLError, whose message names
+the system package to install (libosmesa6) and the command.
 """
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 
-if "MUJOCO_GL" not in os.environ:
-    import torch
+from robofm.errors import UsageError
+from robofm.sim.gl import find_backend, use_headless_gl
 
-    os.environ["MUJOCO_GL"] = "egl" if torch.cuda.is_available() else "osmesa"
-if os.environ["MUJOCO_GL"] in ("osmesa", "egl"):
-    os.environ.setdefault("PYOPENGL_PLATFORM", os.environ["MUJOCO_GL"])
+use_headless_gl()  # before anything imports mujoco
 
 MT10_TASKS = [
     "reach-v3",
@@ -72,6 +70,7 @@ class Renderer:
     """Offscreen renderer for one env: one mujoco.Renderer shared by all cameras of that env."""
 
     def __init__(self, env, cameras: list[str], size: int) -> None:
+        find_backend()  # HeadlessGLError, naming the package to install, rather than a failure inside MuJoCo
         import mujoco
 
         self.env = env
@@ -122,10 +121,14 @@ def split_obs(obs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def make_env(task: str, seed: int, fps: float, max_frames: int):
     """(env, layouts, repeat) of MetaWorld's MT1 benchmark for `task`: the env, its 50 goal/object layouts drawn
-    with `seed`, and how many 12.5 ms simulator steps make one control step at `fps` (the demo data's 20 fps: 4)."""
-    import metaworld
-
-    from robofm.errors import UsageError
+    with `seed`, and how many 12.5 ms simulator steps make one control step at `fps` (the demo data's 20 fps: 4).
+    Raises HeadlessGLError where MuJoCo cannot render (importing metaworld imports mujoco, which would fail inside),
+    UsageError for an unknown task or an fps that is no whole number of simulator steps."""
+    find_backend()
+    try:
+        import metaworld
+    except ImportError as e:
+        raise UsageError(f"MetaWorld is not installed: pip install 'robofm[sim]' ({e})") from e
 
     try:
         bench = metaworld.MT1(task, seed=seed)

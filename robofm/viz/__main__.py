@@ -9,40 +9,55 @@ out=EVAL.json` at the top of the report.
 
 Writes into `out` (default outputs/viz/EPISODE-START): per camera rollout_CAM.mp4/.gif (real | imagined |
 |difference|), contact_CAM.png, with what_if also whatif_CAM.mp4/.gif (real | imagined | imagined under the edited
-actions); actions.png, psnr.png, metrics.json and report.html, whose path it prints. Exit status 2 on a usage error.
+actions); actions.png, psnr.png, metrics.json and report.html, whose path it prints. The keys are VizConfig's
+fields (`--help` lists them with their types and defaults, `--cfg job` prints the resolved config). Exit status 2
+on a usage error.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from robofm.cli import parse_settings
+from robofm.cli import parse_command, settings_of
 from robofm.errors import RobofmError, UsageError
 from robofm.viz.report import Report, Table, write_report
 
 log = logging.getLogger("robofm")
 
-KEYS = {"checkpoint": str, "data.path": str, "episode": str, "start": int, "horizon": int, "out": str,
-        "sampler_steps": int, "seed": int, "what_if": str, "eval": str}  # fmt: skip
-REQUIRED = ("checkpoint", "data.path")
 SAME_FRAMES_DB = 40.0  # what-if frames this close to the real-action ones get a note in the report
-DEFAULTS = {"episode": None, "start": 0, "horizon": 16, "out": None, "sampler_steps": 10, "seed": 0, "what_if": None,
-            "eval": None}  # fmt: skip
+
+
+@dataclass
+class VizConfig:
+    """What `robofm-viz` shows: the keys of its command line (data_path is `data.path` there)."""
+
+    checkpoint: str = field(metadata={"help": "a run, checkpoint or export folder"})
+    data_path: str = field(metadata={"help": "the episode store"})
+    episode: str | None = field(default=None, metadata={"help": "episode id; null: the longest val episode"})
+    start: int = field(default=0, metadata={"help": "the frame the context starts at"})
+    horizon: int = field(default=16, metadata={"help": "imagined steps (capped by the episode)"})
+    out: str | None = field(default=None, metadata={"help": "output folder; null: outputs/viz/EPISODE-START"})
+    sampler_steps: int = 10
+    seed: int = 0
+    what_if: str | None = field(default=None, metadata={"help": "scale:F, zero or file:PATH.npy"})
+    eval: str | None = field(default=None, metadata={"help": "a robofm-eval out=FILE.json for the report"})
+
+
+NAMES = {"data_path": "data.path"}  # the VizConfig fields whose command-line key is not the field's name
 
 
 def parse_args(argv: list[str] | None = None) -> dict:
-    """key=value arguments into a dict of typed values; argparse's usage error (exit 2) for anything else."""
-    parser = argparse.ArgumentParser(prog="robofm-viz", formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     description=__doc__)  # fmt: skip
-    parser.add_argument("settings", nargs="*", metavar="key=value", help=f"keys: {', '.join(KEYS)}")
-    settings = parser.parse_args(argv).settings
-    return {**DEFAULTS, **parse_settings(parser, settings, KEYS, REQUIRED)}
+    """The command line (sys.argv[1:] when None) -> {key: typed value} of VizConfig, keyed as on the command line.
+    --help and --cfg job print and exit 0; an unknown key, a bad value or a missing required key exits 2 with a
+    one-line error (robofm.cli.parse_command)."""
+    cfg = parse_command(VizConfig, argv, prog="robofm-viz", description=__doc__, names=NAMES)
+    return settings_of(cfg, NAMES)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,16 +1,52 @@
 """robofm-eval-sim: a short closed-loop MetaWorld rollout of a debug policy with the demo's cameras and state,
-run when the sim extra is installed; the success interval; and clear errors."""
+run when the sim extra is installed and MuJoCo can render off screen (skipped otherwise, saying what to install);
+the success interval; and clear errors, also where no headless GL works."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import os
+import runpy
+import subprocess
+import sys
+from pathlib import Path
+from unittest import mock
 
 import pytest
 
 import robofm.sim.metaworld  # noqa: F401  (chooses the headless GL backend before anything imports mujoco)
+from robofm.errors import HeadlessGLError
 from robofm.eval.sim import main, wilson
+from robofm.sim import gl
 from tests.models.conftest import make_store
 from tests.train.conftest import TINY, train_in_process
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def require_sim_extra() -> None:
+    """Skips without MetaWorld and MuJoCo, found without importing them (mujoco's import fails without a GL)."""
+    if importlib.util.find_spec("metaworld") is None or importlib.util.find_spec("mujoco") is None:
+        pytest.skip("the sim extra (pip install 'robofm[sim]') is not installed")
+
+
+@pytest.fixture(scope="module")
+def headless_gl() -> str:
+    """The MUJOCO_GL backend that renders here; skips (naming the package to install) where none does."""
+    require_sim_extra()
+    try:
+        return gl.find_backend()
+    except HeadlessGLError as e:
+        pytest.skip(str(e))
+
+
+@pytest.fixture
+def no_headless_gl(monkeypatch):
+    """Every MUJOCO_GL backend fails its probe, as on a machine without libOSMesa or a working EGL."""
+    require_sim_extra()
+    monkeypatch.setattr(gl, "_verdicts", {})
+    monkeypatch.setattr(gl, "_probe", lambda backend: "simulated: no such library")
 
 
 def test_wilson_interval_is_sound_at_the_edges():
@@ -31,8 +67,7 @@ def sawyer_policy(tmp_path_factory):
     return root / "run"
 
 
-def test_a_short_simulated_episode_runs_and_is_recorded(sawyer_policy, tmp_path, capsys):
-    pytest.importorskip("metaworld", reason="the sim extra (pip install 'robofm[sim]') is not installed")
+def test_a_short_simulated_episode_runs_and_is_recorded(headless_gl, sawyer_policy, tmp_path, capsys):
     out = tmp_path / "sim"
     args = [f"policy={sawyer_policy}", "task=reach-v3", "episodes=2", "max_steps=6", "videos=1", "render_size=32",
             f"out={out}"]  # fmt: skip
@@ -46,11 +81,37 @@ def test_a_short_simulated_episode_runs_and_is_recorded(sawyer_policy, tmp_path,
     assert "succeeded, success rate" in capsys.readouterr().out
 
 
-def test_bad_task_or_cameras_exit_2(sawyer_policy, tiny_store, tmp_path, capsys):
-    pytest.importorskip("metaworld", reason="the sim extra is not installed")
+def test_bad_task_or_cameras_exit_2(headless_gl, sawyer_policy, tiny_store, tmp_path, capsys):
     assert main([f"policy={sawyer_policy}", "task=fly-v3", "episodes=1", f"out={tmp_path}"]) == 2
     assert "is not a MetaWorld v3 task" in " ".join(capsys.readouterr().err.split())
     other = tmp_path / "other"
     train_in_process(other, TINY + [f"data.path={tiny_store}", "trainer.max_steps=1"])  # cameras front, wrist
     assert main([f"policy={other}", "task=reach-v3", "episodes=1", f"out={tmp_path}"]) == 2
     assert "are not MetaWorld cameras" in " ".join(capsys.readouterr().err.split())
+
+
+def test_without_headless_gl_eval_sim_exits_2_naming_the_package(no_headless_gl, tmp_path, capsys):
+    assert main([f"policy={tmp_path / 'not-loaded'}", "task=reach-v3"]) == 2  # checked before the policy is loaded
+    err = " ".join(capsys.readouterr().err.split())
+    assert "robofm-eval-sim: error:" in err and "libosmesa6" in err and "apt-get install -y libosmesa6" in err
+    assert "Traceback" not in err
+
+
+def test_without_headless_gl_collect_metaworld_exits_2_naming_the_package(no_headless_gl, tmp_path, capsys):
+    with mock.patch.dict(os.environ):  # the script sets HF_* variables at import
+        script = runpy.run_path(str(ROOT / "scripts" / "collect_metaworld.py"), run_name="collect_metaworld")
+        assert script["main"](["--out", str(tmp_path / "dataset"), "--tasks", "reach-v3"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("collect_metaworld: error:") and "apt-get install -y libosmesa6" in err
+    assert not (tmp_path / "dataset").exists()
+
+
+def test_a_mujoco_gl_that_cannot_render_exits_2_without_a_traceback(tmp_path):
+    require_sim_extra()
+    env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY", "PYOPENGL_PLATFORM")}
+    env["MUJOCO_GL"] = "glfw"  # needs a display, which a headless machine has not: the user's choice is checked
+    argv = [sys.executable, "-m", "robofm.eval.sim", f"policy={tmp_path}", "task=reach-v3"]  # this checkout's robofm
+    proc = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    err = " ".join(proc.stderr.split())
+    assert proc.returncode == 2 and "Traceback" not in err
+    assert "MUJOCO_GL=glfw cannot render here" in err and "apt-get install -y libosmesa6" in err
