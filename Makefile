@@ -63,8 +63,10 @@ test: $(VENV)/.installed
 bench: $(VENV)/.installed
 	$(PY) benchmarks/loader.py
 
+# ruff, and the layers of robofm (pyproject.toml's import-linter contract: no module imports from a layer above it)
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check robofm tests benchmarks scripts
+	$(VENV)/bin/lint-imports
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache
