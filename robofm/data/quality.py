@@ -1,4 +1,4 @@
-"""Episode quality: the converter's filters and near-duplicate detection (DESIGN.md, "The pitfalls").
+"""Episode quality: the converter's filters and near-duplicate detection (docs/design.md and the README, "Quality filters").
 
 Per-episode checks, each with the value it measured:
   non_finite     NaN/Inf in state, action or timestamps (checked on the source episode, before anything else)

@@ -1,4 +1,4 @@
-"""The episode store: HDF5 shards of decoded frames plus JSON metadata. See DESIGN.md, "The episode store".
+"""The episode store: HDF5 shards of decoded frames plus JSON metadata. See docs/design.md and the README, "The episode store".
 
 Layout of a store folder:
   manifest.json   format version, fps, cameras, embodiments, the episode table, provenance

@@ -6,7 +6,7 @@ epsilon prediction on DDPMScheduler's schedule and samples with DDIMScheduler. T
 [0, 1] either way (the DDPM step index / 1000).
 
 Two choices shape what the frame head learns (flow only):
-- prediction "velocity" (DESIGN.md's default): the head outputs eps - x0 directly. "x0": the head outputs the
+- prediction "velocity" (the design's default, docs/design.md): the head outputs eps - x0 directly. "x0": the head outputs the
   clean x0 and the velocity (x_t - x0_hat) / t is formed from it, so the loss is unchanged but the network
   regresses an image instead of noise; for high-dimensional pixel patches this learns much faster (Li & He,
   "Back to Basics: Let Denoising Generative Models Denoise", 2025).

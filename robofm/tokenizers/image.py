@@ -1,4 +1,4 @@
-"""Image tokenizers: a window's frames into patch tokens and back. See DESIGN.md, "Tokens".
+"""Image tokenizers: a window's frames into patch tokens and back. See docs/design.md, "Tokens".
 
 Two kinds share one interface (`input_key`, `patch_dim`, `grid`, `encode`, `decode`, `to_uint8`, `save`):
   pixel   uint8 frames [..., H, W, 3] of the store, scaled to [-1, 1] and cut into p x p patches
