@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from robofm.models.pretrained import latest_checkpoint
+from robofm.train import loop
 from robofm.train.checkpoint import KILL_AT, load_checkpoint
 from tests.train.conftest import TINY, final_weights, read_metrics, run_cli, step_losses, train_in_process
 
@@ -87,12 +88,15 @@ def test_kill_while_writing_a_checkpoint_keeps_the_previous_one(tmp_path, tiny_s
     _assert_same_run(run, straight)
 
 
-def test_resume_from_a_given_checkpoint_into_a_new_run_folder(tmp_path, tiny_store):
+def test_resume_from_a_given_checkpoint_into_a_new_run_folder(tmp_path, tiny_store, monkeypatch):
     overrides = _overrides(tiny_store, 0, 24)
     straight = tmp_path / "straight"
     train_in_process(straight, overrides)
     branch = tmp_path / "branch"
+    reads = []
+    monkeypatch.setattr(loop, "load_checkpoint", lambda path: reads.append(path) or load_checkpoint(path))
     train_in_process(branch, [*overrides, f"resume={straight / 'checkpoints' / 'step-00000010'}"])
+    assert reads == [straight / "checkpoints" / "step-00000010"]  # resuming reads the checkpoint once
     assert min(step_losses(branch)) == 11
     assert step_losses(branch) == {s: v for s, v in step_losses(straight).items() if s > 10}
     got, want = final_weights(branch), final_weights(straight)
