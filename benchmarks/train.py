@@ -12,14 +12,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from common import REPO, publish, verdict
+from common import REPO, cpu_name, publish, robofm_revision, verdict
 
 SECTION = "## Training throughput"
 TARGET_DATA_WAIT = 0.05
@@ -69,7 +68,7 @@ Measured {time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())} with
 
 {cmd}
 
-Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; load average at start {load_start[0]:.1f}.
+Machine: {cpu_name()}, {os.cpu_count()} cores; load average at start {load_start[0]:.1f}. robofm at {robofm_revision()}.
 `robofm-train experiment=demo model={args.model}` on `{args.store}`, batch {args.batch_size}, {args.workers} loader
 workers, fp32 on the CPU, {args.steps} steps; steady state over steps {args.skip + 1}..{args.steps}.
 
