@@ -76,9 +76,10 @@ def synthetic_sequence(args: argparse.Namespace, vocab, device: str):
     meta = TokenMeta(rows.pop("block"), rows.pop("group"), torch.ones(b, len(lay), dtype=torch.bool))
     seq = Sequence(ids=ids, patches=patches, state=state, noise_level=torch.zeros(b, len(lay)), targets=targets,
                    target_kind=kind, meta=meta, frame_x0=torch.randn(b, len(noisy), args.patch_dim, generator=g),
+                   frame_prev=torch.randn(b, len(noisy), args.patch_dim, generator=g),
                    frame_valid=torch.ones(b, len(noisy), dtype=torch.bool), noisy_index=noisy,
                    noisy_block=torch.arange(k).repeat_interleave(args.cameras * args.patches),
-                   sample_key=torch.arange(b), **rows)  # fmt: skip
+                   actions=torch.randn(b, k, 2 * args.action_len, generator=g), sample_key=torch.arange(b), **rows)  # fmt: skip
     return seq.to(device)
 
 

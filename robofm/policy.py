@@ -9,6 +9,7 @@ one chunk. The policy keeps that spacing: it predicts a chunk from the last `win
 chunk boundaries (fewer at the start of an episode) with the chunks executed between them, and plays it from a
 queue. With `ensemble=m` it instead predicts a chunk at every step (from observations `stride` steps apart) and
 averages every prediction for the current step with weights exp(-m * age) (ACT's temporal ensembling).
+`estimate="mean"` reads each chunk as the expectation of its slots' distributions (see predict_action_chunk).
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ from robofm.models.sampling import predict_action_chunk
 
 class Policy:
     def __init__(self, path: str | Path, *, embodiment: str | None = None, temperature: float = 0.0,
-                 ensemble: float | None = None, seed: int = 0, device: str = "cpu") -> None:  # fmt: skip
+                 ensemble: float | None = None, seed: int = 0, device: str = "cpu",
+                 estimate: str = "tokens") -> None:  # fmt: skip
         pre = from_pretrained(path, device)
         self.model, self.builder = pre.model, pre.builder
         names = self.builder.embodiments
@@ -38,7 +40,7 @@ class Policy:
             raise UsageError(f"{path} knows embodiments {names}, not {self.embodiment!r}")
         self.state_dim = self.builder.state_norm.dims(self.embodiment)
         self.action_dim = self.builder.action_norm.dims(self.embodiment)
-        self.temperature, self.ensemble, self.seed = temperature, ensemble, seed
+        self.temperature, self.ensemble, self.seed, self.estimate = temperature, ensemble, seed, estimate
         self.k, self.stride = self.builder.cfg.window_len, self.builder.cfg.stride
         self.reset()
 
@@ -96,7 +98,7 @@ class Policy:
             "task": [task], "embodiment": [self.embodiment],
         }  # fmt: skip
         chunk = predict_action_chunk(self.model, self.builder, batch, temperature=self.temperature,
-                                     generator=self.generator)  # fmt: skip
+                                     generator=self.generator, estimate=self.estimate)  # fmt: skip
         return chunk[0, :, : self.action_dim].numpy()
 
     def _check(self, obs: dict) -> tuple[np.ndarray, np.ndarray, str]:

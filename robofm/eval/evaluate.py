@@ -60,6 +60,7 @@ class EvalConfig:
     horizons: tuple[int, ...] = (1, 4, 16)
     sampler_steps: int = 10
     device: str = "cpu"
+    action_estimate: str = "tokens"  # tokens | mean: how the policy's chunk is read from its slots (predict_action_chunk)
 
 
 # ------------------------------------------------------------------------------------------------ data
@@ -220,13 +221,14 @@ def evaluate(cfg: EvalConfig, loaded: Pretrained | None = None, progress: bool =
         for i in range(n_batches):
             items = [ds[j] for j in range(i * cfg.batch_size, min((i + 1) * cfg.batch_size, len(ds)))]
             batch = default_collate(items)
-            _score_actions(model, builder, objective, batch, means, actions)
+            _score_actions(model, builder, objective, batch, means, actions, cfg.action_estimate)
             _score_frames(model, builder, diffusion, batch, kept, cfg, i, frames)
             advance()
     result = {
         "checkpoint": str(cfg.checkpoint), "loaded": loaded.source, "store": str(cfg.data_path), "split": cfg.split,
         "seed": cfg.seed, "batches": n_batches, "windows": min(len(ds), n_batches * cfg.batch_size),
         "context_steps": k, "stride": s, "frame_diffusion": diffusion.settings(), "sampler_steps": cfg.sampler_steps,
+        "action_estimate": cfg.action_estimate,
         "horizons": kept, "dropped_horizons": dropped, "train_mean_source": mean_source,
         "notes": _notes(cfg, ds, k, s, dropped),
         "methods": {"actions": list(ACTION_METHODS), "frames": list(FRAME_METHODS)},  # the columns, for readers
@@ -255,7 +257,7 @@ def _notes(cfg: EvalConfig, ds: EpisodeWindowDataset, k: int, s: int, dropped: l
 
 
 def _score_actions(model: RobofmModel, builder: SequenceBuilder, objective: Objective, batch: dict,
-                   means: dict[str, np.ndarray], tally: ActionTally) -> None:  # fmt: skip
+                   means: dict[str, np.ndarray], tally: ActionTally, estimate: str) -> None:  # fmt: skip
     k = builder.cfg.window_len
     with torch.no_grad():
         seq = builder.build(first_steps(batch, k, target=True)).to(next(model.parameters()).device)
@@ -264,7 +266,8 @@ def _score_actions(model: RobofmModel, builder: SequenceBuilder, objective: Obje
     tally.correct += float(losses["action_accuracy"]) * n
     tally.loss += float(losses["action"]) * n
     tally.tokens += n
-    pred = predict_action_chunk(model, builder, first_steps(batch, k, target=False), temperature=0.0)  # (B, s, Da)
+    context = first_steps(batch, k, target=False)
+    pred = predict_action_chunk(model, builder, context, temperature=0.0, estimate=estimate)  # (B, s, Da)
     truth = batch["actions"][:, k - 1]  # (B, s, Da): the chunk after the last observation
     for b, emb in enumerate(batch["embodiment"]):
         dims = int(batch["action_mask"][b].sum())

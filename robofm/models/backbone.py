@@ -5,6 +5,8 @@ with a boolean mask (portable default) or FlexAttention with a block mask; a KV 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from einops import rearrange
@@ -114,21 +116,50 @@ class SwiGLU(nn.Module):
         return self.down(F.silu(gate) * up)
 
 
+@dataclass
+class NoisyCondition:
+    """What modulates the NOISY tokens of a forward pass: their positions `index` [N] (n blocks of equal size, in
+    order) and one condition vector per block and sample, `c` [B, n, D] (its diffusion time and action chunk)."""
+
+    index: Tensor
+    c: Tensor
+
+    def modulate(self, x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
+        """x [B, L, D] with its NOISY tokens x * (1 + scale) + shift (shift, scale [B, n, D], per block)."""
+        b, n = self.c.shape[:2]
+        noisy = x[:, self.index].view(b, n, -1, x.shape[-1])  # (B, n, C*P, D)
+        return x.index_copy(1, self.index, (noisy * (1 + scale[:, :, None]) + shift[:, :, None]).flatten(1, 2))
+
+
 class Block(nn.Module):
+    """Pre-norm attention and SwiGLU. With cfg.adaln, the NOISY tokens (and only they) are modulated from their
+    condition (adaLN, DiT): shift and scale after each norm and a gate on each residual branch, all zero at
+    initialisation, so a new model starts as the unconditioned one and clean tokens never change."""
+
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.attn_norm = RMSNorm(cfg.dim, eps=cfg.norm_eps)
         self.attn = Attention(cfg)
         self.mlp_norm = RMSNorm(cfg.dim, eps=cfg.norm_eps)
         self.mlp = SwiGLU(cfg)
+        self.ada = nn.Linear(cfg.dim, 6 * cfg.dim) if cfg.adaln else None
 
-    def forward(self, x: Tensor, rope, mask, cache: KVCache | None, layer: int, append: bool) -> Tensor:
-        x = x + self.attn(self.attn_norm(x), rope, mask, cache, layer, append)
-        return x + self.mlp(self.mlp_norm(x))
+    def forward(self, x: Tensor, rope, mask, cache: KVCache | None, layer: int, append: bool,
+                cond: NoisyCondition | None = None) -> Tensor:  # fmt: skip
+        if cond is None or self.ada is None:
+            x = x + self.attn(self.attn_norm(x), rope, mask, cache, layer, append)
+            return x + self.mlp(self.mlp_norm(x))
+        zero = torch.zeros_like(cond.c)
+        shift1, scale1, gate1, shift2, scale2, gate2 = self.ada(F.silu(cond.c)).chunk(6, dim=-1)  # (B, n, D) each
+        h = self.attn(cond.modulate(self.attn_norm(x), shift1, scale1), rope, mask, cache, layer, append)
+        x = x + cond.modulate(h, zero, gate1)
+        h = self.mlp(cond.modulate(self.mlp_norm(x), shift2, scale2))
+        return x + cond.modulate(h, zero, gate2)
 
 
 class Backbone(nn.Module):
-    """Decoder blocks and the final norm. `forward(x [B, L, D], pos [B, L], meta)` -> [B, L, D].
+    """Decoder blocks and the final norm. `forward(x [B, L, D], pos [B, L], meta)` -> [B, L, D]; `cond`
+    modulates the NOISY tokens in every block (cfg.adaln).
 
     With a cache, the new tokens attend to the cached ones and to each other; `append=True` adds them to the
     cache (clean context), `append=False` leaves it unchanged (a NOISY block being denoised)."""
@@ -140,7 +171,7 @@ class Backbone(nn.Module):
         self.norm = RMSNorm(cfg.dim, eps=cfg.norm_eps)
 
     def forward(self, x: Tensor, pos: Tensor, meta: TokenMeta, cache: KVCache | None = None,
-                append: bool = True) -> Tensor:  # fmt: skip
+                append: bool = True, cond: NoisyCondition | None = None) -> Tensor:  # fmt: skip
         keys = meta if cache is None or cache.meta is None else cache.meta.cat(meta)
         if self.cfg.attention == "flex":
             mask = flex_block_mask(meta, keys)
@@ -148,7 +179,7 @@ class Backbone(nn.Module):
             mask = allowed(meta, keys)
         rope = rotary(pos, self.cfg.dim // self.cfg.heads, self.cfg.rope_theta)
         for i, block in enumerate(self.blocks):
-            x = block(x, rope, mask, cache, i, append)
+            x = block(x, rope, mask, cache, i, append, cond)
         if cache is not None and append:
             cache.meta = keys
         return self.norm(x)

@@ -39,11 +39,15 @@ class ModelConfig:
     state_dim: int = 0
     max_cameras: int = 4
     max_patches: int = 256
+    action_chunk_dim: int = 0  # stride x action_dim: the values of one action chunk (the NOISY condition's input)
+    adaln: bool = False  # modulate NOISY tokens in every block from their diffusion time and action chunk
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.dim % self.heads or (self.dim // self.heads) % 2:
             raise UsageError(f"model.dim {self.dim} must split into {self.heads} heads of an even size")
+        if self.adaln and not self.action_chunk_dim:
+            raise UsageError("model.adaln needs the action chunk's size (action_chunk_dim, set from the tokenization)")
         if self.attention not in ("sdpa", "flex"):
             raise UsageError(f"model.attention must be sdpa or flex, not {self.attention!r}")
         if not self.ffn_dim:
@@ -66,6 +70,9 @@ class ModelConfig:
         embed = (self.vocab_size + 6 + self.max_cameras + self.max_patches) * d  # tokens, modalities, cameras, patches
         inputs = (self.patch_dim + 2 * self.state_dim) * d + (256 * d + d * d)  # patch and state proj, time MLP
         heads = d * self.vocab_size + d * self.patch_dim + d  # token head, frame head, final norm
+        if self.adaln:  # per block 6 modulations (weights and biases); the action chunk's input projection
+            block += 6 * d * d + 6 * d
+            inputs += 2 * self.action_chunk_dim * d
         return self.depth * block + embed + inputs + heads
 
 
@@ -73,4 +80,5 @@ def model_config(builder, size: str, **overrides) -> ModelConfig:
     """A model of `size` whose vocabulary, patch, state and camera shapes fit a SequenceBuilder."""
     return ModelConfig.sized(size, vocab_size=builder.vocab.size, patch_dim=builder.image.patch_dim(),
                              state_dim=builder.state_dim, max_cameras=max(len(builder.cameras), 1),
-                             max_patches=builder.patches, **overrides)  # fmt: skip
+                             max_patches=builder.patches, action_chunk_dim=builder.cfg.stride * builder.action_dim,
+                             **overrides)  # fmt: skip

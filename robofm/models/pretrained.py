@@ -87,7 +87,8 @@ def from_pretrained(path: str | Path, device: str | torch.device = "cpu") -> Pre
         cfg = ModelConfig(**json.loads((run / "export" / "model.json").read_text()))
     else:
         yaml = OmegaConf.load(ckpt / "config.yaml")
-        cfg = model_config(builder, yaml.model.size, attention=yaml.model.get("attention", "sdpa"))
+        cfg = model_config(builder, yaml.model.size, attention=yaml.model.get("attention", "sdpa"),
+                           adaln=yaml.model.get("adaln", False))  # fmt: skip
     return _load(cfg, ckpt / "model.safetensors", builder, load_diffusion(ckpt), f"checkpoint {ckpt}", device)
 
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from robofm.models.backbone import Backbone, KVCache
+from robofm.models.backbone import Backbone, KVCache, NoisyCondition
 from robofm.models.config import ModelConfig
 from robofm.tokenization.layout import ACTION, MODALITIES, NOISY, OBS, SPECIAL, STATE, TEXT
 
@@ -52,6 +52,7 @@ class RobofmModel(nn.Module):
         self.patch_in = nn.Linear(cfg.patch_dim, d, bias=False)
         self.state_in = nn.Linear(2 * cfg.state_dim, d, bias=False)
         self.time_mlp = nn.Sequential(nn.Linear(256, d, bias=False), nn.SiLU(), nn.Linear(d, d, bias=False))
+        self.action_in = nn.Linear(2 * cfg.action_chunk_dim, d, bias=False) if cfg.adaln else None
         self.backbone = Backbone(cfg)
         self.token_head = nn.Linear(d, cfg.vocab_size, bias=False)
         self.frame_head = nn.Linear(d, cfg.patch_dim, bias=False)
@@ -59,7 +60,8 @@ class RobofmModel(nn.Module):
 
     def reset_parameters(self) -> None:
         """All initialisation in one place: normal(0.02) for weights, output projections scaled by depth,
-        and a zero frame head (DiT): the first frame predictions are zero velocity."""
+        a zero frame head (DiT): the first frame predictions are zero velocity; and zero NOISY modulations
+        (adaLN-Zero's zero init, here of the offsets from identity)."""
         for m in self.modules():
             if isinstance(m, nn.Linear | nn.Embedding):
                 nn.init.normal_(m.weight, std=0.02)
@@ -69,6 +71,10 @@ class RobofmModel(nn.Module):
             nn.init.normal_(block.attn.out.weight, std=0.02 / math.sqrt(2 * self.cfg.depth))
             nn.init.normal_(block.mlp.down.weight, std=0.02 / math.sqrt(2 * self.cfg.depth))
         nn.init.zeros_(self.frame_head.weight)
+        for block in self.backbone.blocks:
+            if block.ada is not None:
+                nn.init.zeros_(block.ada.weight)
+                nn.init.zeros_(block.ada.bias)
 
     def embed(self, seq) -> Tensor:
         """[B, L, D] input embeddings of a Sequence (or of a slice of one with the same fields)."""
@@ -85,9 +91,21 @@ class RobofmModel(nn.Module):
 
     def forward(self, seq, cache: KVCache | None = None, append: bool = True) -> ModelOutput:
         """With a cache, the tokens of `seq` attend to the cached ones too; append=True adds them to the cache."""
-        h = self.backbone(self.embed(seq), seq.pos, seq.meta, cache, append)  # (B, L, D)
         noisy = seq.modality[0] == NOISY  # (L,): one layout for the whole batch
+        cond = self.noisy_condition(seq, noisy) if self.cfg.adaln and noisy.any() else None
+        h = self.backbone(self.embed(seq), seq.pos, seq.meta, cache, append, cond)  # (B, L, D)
         return ModelOutput(h, self.token_head(h[:, seq.token_readout]), self.frame_head(h[:, noisy]))
+
+    def noisy_condition(self, seq, noisy: Tensor) -> NoisyCondition:
+        """Per NOISY block: the embedding of its diffusion time plus the projection of the action chunk that leads
+        to its frame (chunk t for NOISY_t+1: seq.actions, normalized values and their dimension mask)."""
+        index = noisy.nonzero().squeeze(1)  # (N,)
+        group = seq.meta.group[0, index]  # (N,): the frame each NOISY token predicts, 1..K
+        steps, counts = torch.unique_consecutive(group, return_counts=True)  # (n,): blocks in sequence order
+        first = index[torch.cumsum(counts, 0) - counts]  # (n,): the first token of each block
+        chunks = seq.actions[:, steps - 1]  # (B, n, 2 * s * Da)
+        c = self.time_mlp(time_features(seq.noise_level[:, first])) + self.action_in(chunks)  # (B, n, D)
+        return NoisyCondition(index, c)
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

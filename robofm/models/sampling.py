@@ -15,6 +15,7 @@ from functools import partial
 import torch
 from torch import Tensor
 
+from robofm.errors import UsageError
 from robofm.models.backbone import KVCache
 from robofm.models.diffusion import FrameDiffusion
 from robofm.models.robofm import RobofmModel
@@ -33,12 +34,17 @@ def _with_target_frame(batch: dict, builder: SequenceBuilder) -> dict:
 
 @torch.no_grad()
 def predict_action_chunk(model: RobofmModel, builder: SequenceBuilder, batch: dict, *, temperature: float = 0.0,
-                         generator: torch.Generator | None = None, use_cache: bool = True) -> Tensor:  # fmt: skip
+                         generator: torch.Generator | None = None, use_cache: bool = True,
+                         estimate: str = "tokens") -> Tensor:  # fmt: skip
     """The action chunk [B, s, Da] in robot units (padded dimensions 0) that follows the last observation.
 
     Decodes the last step's action slots one token at a time (greedy at temperature 0, else sampled), choosing
     only among action tokens (and EOA for a variable-length tokenizer, which ends the chunk); slots the action
-    tokenizer leaves empty for these dimensions (binning: padded ones) stay PAD."""
+    tokenizer leaves empty for these dimensions (binning: padded ones) stay PAD. estimate "tokens" decodes the
+    chosen tokens; "mean" the expectation of each slot's distribution given the tokens chosen before it, where
+    the tokenizer's ids carry values (binning; FAST decodes its tokens either way)."""
+    if estimate not in ("tokens", "mean"):
+        raise UsageError(f"the action estimate must be tokens or mean, not {estimate!r}")
     device = next(model.parameters()).device
     seq = builder.build(_with_target_frame(batch, builder), noisy_steps=()).to(device)
     k = batch["state"].shape[1]
@@ -51,6 +57,7 @@ def predict_action_chunk(model: RobofmModel, builder: SequenceBuilder, batch: di
     allowed[vocab.action_offset :] = True
     allowed[Vocab.EOA] = tokenizer.variable_length
     done = torch.zeros(len(ids), dtype=torch.bool, device=device)
+    probs = []  # per slot: the distribution over the tokenizer's ids
     cache = KVCache() if use_cache else None
     start = int(slots[0])
     for j, pos in enumerate(slots.tolist()):
@@ -60,13 +67,17 @@ def predict_action_chunk(model: RobofmModel, builder: SequenceBuilder, batch: di
         else:
             new = slice(0, start) if j == 0 else slice(pos - 1, pos)
             logits = model(cur.tokens(new), cache).logits[:, -1]
+        probs.append(torch.softmax(logits[:, vocab.action_offset :].float(), dim=-1).cpu())
         token = _choose(logits.float().masked_fill(~allowed, float("-inf")), temperature, generator)
         token = torch.where(empty[:, j] | done, torch.full_like(token, Vocab.PAD), token)
         ids[:, pos], valid[:, pos] = token, token != Vocab.PAD
         done |= token == Vocab.EOA
         if bool(done.all()):
             break
-    return _detokenize(builder, ids[:, slots].cpu(), batch["embodiment"], batch["action_mask"])
+    norm = None
+    if estimate == "mean" and len(probs) == len(slots):
+        norm = tokenizer.expected(torch.stack(probs, dim=1), builder.cfg.stride, builder.action_dim)
+    return _detokenize(builder, ids[:, slots].cpu(), batch["embodiment"], batch["action_mask"], norm)
 
 
 def _replace(seq: Sequence, ids: Tensor, valid: Tensor) -> Sequence:
@@ -91,9 +102,12 @@ def _choose(logits: Tensor, temperature: float, generator: torch.Generator | Non
     return torch.multinomial(probs.cpu(), 1, generator=generator).squeeze(-1).to(logits.device)
 
 
-def _detokenize(builder: SequenceBuilder, tokens: Tensor, embodiments: list[str], action_mask: Tensor) -> Tensor:
-    """Action-slot ids [B, A] -> chunks [B, s, Da] in robot units."""
-    norm = builder.actions.decode(builder.from_vocab(tokens), builder.cfg.stride, builder.action_dim)
+def _detokenize(builder: SequenceBuilder, tokens: Tensor, embodiments: list[str], action_mask: Tensor,
+                norm: Tensor | None = None) -> Tensor:  # fmt: skip
+    """Action-slot ids [B, A] (or the normalized chunks `norm` [B, s, Da] already estimated) -> chunks [B, s, Da]
+    in robot units."""
+    if norm is None:
+        norm = builder.actions.decode(builder.from_vocab(tokens), builder.cfg.stride, builder.action_dim)
     out = torch.stack([builder.action_norm.unnormalize(n, e) for n, e in zip(norm, embodiments, strict=True)])
     return out * action_mask[:, None, :]
 

@@ -34,6 +34,8 @@ class Sequence:
     frame_x0 [B, N, patch_dim] the clean patches NOISY tokens predict, at noisy_index [N] (flattened NOISY
     blocks), noisy_block [N] which block each belongs to; frame_valid [B, N] (False: missing camera);
     frame_prev [B, N, patch_dim] the same patches one step earlier (the frame each NOISY block follows).
+    actions [B, K, 2*s*Da] each step's action chunk, normalized (step-major, padded dims 0), then its dimension
+    mask: what conditions the NOISY block of the frame it leads to (never an input of the clean stream).
     sample_key [B] int64 seeds each sample's training noise (the dataset's key, or random without one).
     """
 
@@ -53,6 +55,7 @@ class Sequence:
     frame_prev: Tensor
     noisy_index: Tensor
     noisy_block: Tensor
+    actions: Tensor
     sample_key: Tensor
 
     @property
@@ -169,7 +172,8 @@ class SequenceBuilder:
         targets[:, lay.text_index - 1] = torch.where(text_valid, text, IGNORE)
         target_kind[:, lay.text_index - 1] = TARGET_TEXT
 
-        act, act_valid, act_loss = self.action_tokens(batch["actions"], batch["action_mask"], batch["embodiment"])
+        act, act_valid, act_loss, chunks = self.action_tokens(batch["actions"], batch["action_mask"],
+                                                              batch["embodiment"])  # fmt: skip
         ids[:, lay.act_index], valid[:, lay.act_index] = act, act_valid  # (B, K, A)
         targets[:, lay.act_index - 1] = torch.where(act_loss, act, IGNORE)
         target_kind[:, lay.act_index - 1] = TARGET_ACTION
@@ -208,6 +212,7 @@ class SequenceBuilder:
             frame_prev=frame_prev,
             noisy_index=torch.from_numpy(lay.noisy_index.reshape(-1)),
             noisy_block=torch.arange(len(noisy_steps)).repeat_interleave(len(self.cameras) * self.patches),
+            actions=chunks,
             sample_key=torch.as_tensor(batch["key"]) if "key" in batch else torch.randint(-(2**62), 2**62, (b,)),
         )
 
@@ -244,10 +249,11 @@ class SequenceBuilder:
             out = out * keep[..., None]
         return out
 
-    def action_tokens(self, actions: Tensor, action_mask: Tensor, embodiments: list[str]) -> tuple[Tensor, Tensor, Tensor]:
+    def action_tokens(self, actions: Tensor, action_mask: Tensor, embodiments: list[str]) -> tuple[Tensor, ...]:
         """ids, valid (may be attended to), loss (is a target) [B, K, A] of each step's action chunk: the action
         tokenizer's slots (binning: one per step and dimension, padded dimensions PAD; FAST: the chunk's tokens,
-        EOA, then PAD), PAD where it leaves a slot empty. An episode without actions: NO_ACTION in slot 0, no loss."""
+        EOA, then PAD), PAD where it leaves a slot empty. An episode without actions: NO_ACTION in slot 0, no loss.
+        Also the chunks' values [B, K, 2*s*Da]: normalized, then the dimension mask (all 0 without actions)."""
         b, k = actions.shape[:2]
         has = action_mask.any(dim=1)
         norm = torch.stack([self.action_norm.normalize(a, e) if h else torch.zeros_like(a)
@@ -259,7 +265,9 @@ class SequenceBuilder:
         ids[~has, :, 0] = Vocab.NO_ACTION
         loss = ids != Vocab.PAD
         loss[~has] = False
-        return ids, ids != Vocab.PAD, loss
+        mask = (action_mask & has[:, None])[:, None, None, :].expand_as(norm).float()  # (B, K, s, Da)
+        chunks = torch.cat([(norm * mask).flatten(2), mask.flatten(2)], dim=-1)  # (B, K, 2*s*Da)
+        return ids, ids != Vocab.PAD, loss, chunks
 
     def empty_action_slots(self, action_mask: Tensor) -> Tensor:
         """bool [B, A]: the slots of an action chunk that no chunk of these dimensions (action_mask [B, Da]) fills,

@@ -58,6 +58,11 @@ class ActionTokenizer(Protocol):
         """bool [N, slots]: the slots that no chunk of these real dimensions (dims bool [N, D]) fills."""
         ...
 
+    def expected(self, probs: torch.Tensor, steps: int, dims: int) -> torch.Tensor | None:
+        """The expected chunk [N, steps, dims] under per-slot distributions over the ids, probs [N, slots, V]; None
+        for a tokenizer whose ids carry no value of their own (FAST's BPE tokens)."""
+        ...
+
     def save(self, directory: Path) -> None: ...
 
 
@@ -198,6 +203,12 @@ class BinningActionTokenizer:
 
     def empty_slots(self, dims: torch.Tensor, steps: int) -> torch.Tensor:
         return ~dims.bool()[:, None, :].expand(-1, steps, -1).reshape(len(dims), -1)  # (N, s * D), step-major
+
+    def expected(self, probs: torch.Tensor, steps: int, dims: int) -> torch.Tensor:
+        """The mean of the bin centres under each slot's distribution: the estimate of least squared error, where
+        the most likely bin of a wide distribution may lie far from its mass (e.g. at a clipped extreme)."""
+        centres = (torch.arange(self.n_bins, device=probs.device) + 0.5) * (2 / self.n_bins) - 1
+        return (probs.float() @ centres).reshape(len(probs), steps, dims)
 
     def decode(self, tokens: Array, steps: int, dims: int) -> Array:
         """Tokens [..., steps * dims] -> float32 bin centres [..., steps, dims]; ids outside [0, n_bins) (EMPTY
@@ -351,6 +362,9 @@ class FastActionTokenizer:
 
     def empty_slots(self, dims: torch.Tensor, steps: int) -> torch.Tensor:
         return torch.zeros(len(dims), self.chunk_slots, dtype=torch.bool)  # any slot may hold a token or END
+
+    def expected(self, probs: torch.Tensor, steps: int, dims: int) -> None:
+        return None  # a BPE token codes several DCT coefficients: there is no per-slot value to average
 
     def encode_batch(self, chunks: Array | Sequence[Array]) -> list[list[int]]:
         """Chunks [B, steps, dims] -> B lists of BPE token ids (of any length)."""

@@ -50,8 +50,12 @@ class DataConfig:
 
 @dataclass
 class ModelSchema:
+    """size: one of SIZES; attention: sdpa | flex; adaln: modulate the NOISY tokens in every block from their
+    diffusion time and action chunk (robofm.models.backbone.Block)."""
+
     size: str = "small"
     attention: str = "sdpa"
+    adaln: bool = False
 
     def __post_init__(self) -> None:
         _one_of("model.size", self.size, list(SIZES))

@@ -82,7 +82,8 @@ def adapt_model_config(base: ModelConfig, builder: SequenceBuilder) -> ModelConf
                          "fine-tune with the base's image tokenizer and patch size")  # fmt: skip
     return replace(base, state_dim=max(base.state_dim, builder.state_dim),
                    max_cameras=max(base.max_cameras, len(builder.cameras)),
-                   max_patches=max(base.max_patches, builder.patches))  # fmt: skip
+                   max_patches=max(base.max_patches, builder.patches),
+                   action_chunk_dim=max(base.action_chunk_dim, builder.cfg.stride * builder.action_dim))  # fmt: skip
 
 
 def load_base_weights(model: nn.Module, weights: dict[str, torch.Tensor]) -> dict[str, list[str]]:
@@ -99,6 +100,8 @@ def load_base_weights(model: nn.Module, weights: dict[str, torch.Tensor]) -> dic
             if w.shape == param.shape:
                 param.copy_(w)
                 report["copied"].append(name)
+            elif name == "action_in.weight":  # a chunk of other dimensions lays its values out anew: start afresh
+                report["new"].append(name)
             elif name == "state_in.weight" and w.shape[0] == param.shape[0] and w.shape[1] <= param.shape[1]:
                 base, new = w.shape[1] // 2, param.shape[1] // 2  # columns: [state (Ds), mask (Ds)]
                 param[:, :base].copy_(w[:, :base])

@@ -49,6 +49,9 @@ def make_model(builder, seed: int = 0, **overrides) -> RobofmModel:
     torch.manual_seed(seed)
     model = RobofmModel(model_config(builder, "debug", **overrides))
     torch.nn.init.normal_(model.frame_head.weight, std=0.02)  # a zero head would hide what reaches NOISY outputs
+    for block in model.backbone.blocks:  # and so would zero NOISY modulations (adaln)
+        if block.ada is not None:
+            torch.nn.init.normal_(block.ada.weight, std=0.02)
     return model.eval()
 
 

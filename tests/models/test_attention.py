@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from robofm.models.backbone import allowed
+from robofm.models.robofm import RobofmModel
 from robofm.tokenization.layout import NOISY, OBS, STATE
 from tests.models.conftest import batch_of, make_model
 
@@ -25,9 +26,10 @@ def _perturb(seq, i: int):
     return dataclasses.replace(seq, ids=ids, patches=patches, state=state)
 
 
-def test_changing_a_token_changes_only_the_outputs_allowed_to_see_it(tiny):
+@pytest.mark.parametrize("adaln", [False, True])
+def test_changing_a_token_changes_only_the_outputs_allowed_to_see_it(tiny, adaln):
     ds, builder = tiny
-    model = make_model(builder)
+    model = make_model(builder, adaln=adaln)
     seq = builder.build(batch_of(ds, 2))
     see = allowed(seq.meta, seq.meta)[0]
     base = model(seq).hidden
@@ -41,9 +43,10 @@ def test_changing_a_token_changes_only_the_outputs_allowed_to_see_it(tiny):
         assert torch.equal(changed, expected), f"{name} token {i}: outputs that changed differ from those allowed"
 
 
-def test_padding_and_missing_cameras_are_seen_by_nobody(tiny):
+@pytest.mark.parametrize("adaln", [False, True])
+def test_padding_and_missing_cameras_are_seen_by_nobody(tiny, adaln):
     ds, builder = tiny
-    model = make_model(builder)
+    model = make_model(builder, adaln=adaln)
     batch = batch_of(ds, 1)
     batch["camera_mask"][:, 1] = False
     seq = builder.build(batch)
@@ -56,9 +59,10 @@ def test_padding_and_missing_cameras_are_seen_by_nobody(tiny):
         assert changed.nonzero().flatten().tolist() == [i]
 
 
-def test_clean_stream_is_the_same_with_and_without_noisy_blocks(tiny):
+@pytest.mark.parametrize("adaln", [False, True])
+def test_clean_stream_is_the_same_with_and_without_noisy_blocks(tiny, adaln):
     ds, builder = tiny
-    model = make_model(builder)
+    model = make_model(builder, adaln=adaln)
     batch = batch_of(ds, 2)
     with_noisy, clean = builder.build(batch, noisy_steps=(1, 2, 3)), builder.build(batch, noisy_steps=())
     out_noisy, out_clean = model(with_noisy), model(clean)
@@ -66,6 +70,33 @@ def test_clean_stream_is_the_same_with_and_without_noisy_blocks(tiny):
     assert torch.equal(with_noisy.ids[:, kept], clean.ids)
     torch.testing.assert_close(out_noisy.hidden[:, kept], out_clean.hidden, atol=1e-5, rtol=0)
     torch.testing.assert_close(out_noisy.logits, out_clean.logits, atol=1e-5, rtol=0)  # read out at clean tokens
+
+
+def test_an_action_chunk_modulates_only_the_noisy_block_of_the_frame_it_leads_to(tiny):
+    """adaln: chunk t conditions NOISY_t+1 in every block; no other token's output moves, so the policy (the clean
+    stream) never sees the continuous action it must predict."""
+    ds, builder = tiny
+    model = make_model(builder, adaln=True)
+    seq = builder.build(batch_of(ds, 2))
+    base = model(seq).hidden
+    for t in range(builder.cfg.window_len):
+        actions = seq.actions.clone()
+        actions[:, t] += 0.5
+        changed = (model(dataclasses.replace(seq, actions=actions)).hidden - base).abs().amax(-1)[0] > 1e-6
+        assert torch.equal(changed, seq.meta.group[0] == t + 1), t
+
+
+def test_a_new_adaln_model_computes_what_the_unconditioned_one_does(tiny):
+    """The modulations start at zero: adding the conditioning changes nothing until training moves it."""
+    ds, builder = tiny
+    plain = make_model(builder)
+    torch.manual_seed(1)
+    conditioned = RobofmModel(make_model(builder, adaln=True).cfg).eval()
+    missing, unexpected = conditioned.load_state_dict(plain.state_dict(), strict=False)
+    assert not unexpected and all(".ada." in k or k == "action_in.weight" for k in missing)
+    seq = builder.build(batch_of(ds, 2))
+    a, b = plain(seq), conditioned(seq)
+    assert torch.equal(a.hidden, b.hidden) and torch.equal(a.frames, b.frames)
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")

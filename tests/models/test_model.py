@@ -23,8 +23,9 @@ def test_sizes_are_in_their_range(size):
 
 
 @pytest.mark.parametrize("size", ["debug", "small"])
-def test_parameter_count_matches_the_config(size):
-    cfg = ModelConfig.sized(size, **IO)
+@pytest.mark.parametrize("adaln", [False, True])
+def test_parameter_count_matches_the_config(size, adaln):
+    cfg = ModelConfig.sized(size, **IO, action_chunk_dim=8, adaln=adaln)
     assert RobofmModel(cfg).num_parameters() == cfg.expected_parameters()
 
 

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from robofm.errors import UsageError
 from robofm.models.diffusion import FrameDiffusion
 from robofm.models.sampling import imagine, predict_action_chunk
 from tests.models.conftest import WINDOW, batch_of, make_model
@@ -44,14 +45,32 @@ def test_action_chunk_is_in_robot_units_and_reproducible(tiny, one_thread):
     assert not np.allclose(lo, hi)
 
 
+def test_the_mean_estimate_is_the_expectation_of_each_slot_and_fast_keeps_its_tokens(tiny, fast, one_thread):
+    """estimate="mean" reads a binning chunk as the expected bin centre of each slot (inside q01..q99, and not the
+    greedy tokens' centres); FAST's tokens carry no per-slot value, so it decodes them as "tokens" does."""
+    for (ds, builder), differs in ((tiny, True), (fast, False)):
+        model = make_model(builder)
+        batch = observed(batch_of(ds, 2))
+        tokens, mean = (predict_action_chunk(model, builder, batch, estimate=e) for e in ("tokens", "mean"))
+        uncached = predict_action_chunk(model, builder, batch, estimate="mean", use_cache=False)
+        torch.testing.assert_close(mean, uncached, atol=1e-5, rtol=1e-5)
+        assert (not torch.allclose(tokens, mean)) == differs
+        lo, hi = builder.action_norm.bounds["arm"]
+        real = mean[..., : len(lo)].numpy()
+        assert (real >= lo - 1e-5).all() and (real <= hi + 1e-5).all()
+    with pytest.raises(UsageError, match="tokens or mean"):
+        predict_action_chunk(model, builder, batch, estimate="median")
+
+
 DIFFUSIONS = {"flow": FrameDiffusion("flow"), "ddpm": FrameDiffusion("ddpm"),
               "x0-delta": FrameDiffusion("flow", prediction="x0", target="delta")}  # fmt: skip
 
 
 @pytest.mark.parametrize("kind", sorted(DIFFUSIONS))
-def test_imagined_frames_are_the_same_with_and_without_cache(tiny, kind, one_thread):
+@pytest.mark.parametrize("adaln", [False, True])
+def test_imagined_frames_are_the_same_with_and_without_cache(tiny, kind, adaln, one_thread):
     ds, builder = tiny
-    model = make_model(builder)
+    model = make_model(builder, adaln=adaln)
     batch = batch_of(ds, 2)
     context = observed(batch, 2)
     future = batch["actions"][:, 1:].repeat(1, 2, 1, 1)  # 4 chunks: the rollout goes past the window of 3 steps
@@ -63,10 +82,11 @@ def test_imagined_frames_are_the_same_with_and_without_cache(tiny, kind, one_thr
     assert frames.shape == (2, 4, 2, 8, 8, 3) and frames.dtype == torch.uint8
 
 
-def test_imagined_frames_depend_on_actions(tiny, one_thread):
-    """Through the NOISY block's view of ACT_t, the action chunk changes what is imagined."""
+@pytest.mark.parametrize("adaln", [False, True])
+def test_imagined_frames_depend_on_actions(tiny, adaln, one_thread):
+    """Through the NOISY block's view of ACT_t (and with adaln its modulation), the chunk changes what is imagined."""
     ds, builder = tiny
-    model = make_model(builder)
+    model = make_model(builder, adaln=adaln)
     batch = batch_of(ds, 2)
     context, future = observed(batch, 2), batch["actions"][:, 1:2]
     a = imagine(model, builder, FrameDiffusion(), context, future, sampler_steps=2, generator=torch.Generator().manual_seed(0))

@@ -224,6 +224,15 @@ def test_binning_and_fast_stand_behind_one_protocol(kind, fast, tmp_path):
     assert loaded.slots(STEPS, DIMS) == tok.slots(STEPS, DIMS) and torch.equal(loaded.encode(x, dims), ids)
 
 
+def test_binning_expects_the_mean_bin_centre_and_fast_has_no_slot_values(fast):
+    tok = BinningActionTokenizer(4)  # centres -0.75, -0.25, 0.25, 0.75
+    one_hot = torch.nn.functional.one_hot(torch.tensor([[0, 3], [1, 2]]), 4).float()  # (N=2, slots=2, V=4)
+    torch.testing.assert_close(tok.expected(one_hot, 1, 2), tok.decode(torch.tensor([[0, 3], [1, 2]]), 1, 2))
+    split = torch.tensor([[[0.5, 0.0, 0.0, 0.5]]])  # half on each extreme: the mean is the middle
+    assert tok.expected(split, 1, 1).item() == pytest.approx(0.0)
+    assert fast.expected(split, STEPS, DIMS) is None
+
+
 def test_fast_cuts_a_chunk_longer_than_its_slots_and_counts_it(fast):
     tight = FastActionTokenizer(scale=10.0, vocab_size=256, chunk_slots=3).fit(noisy_chunks(20, 2))
     ids = tight.encode(noisy_chunks(2, 3))

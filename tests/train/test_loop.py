@@ -53,3 +53,20 @@ def test_ema_weights_are_exported_when_kept(tmp_path, tiny_store):
     for name in trainer.model.state_dict():
         assert torch.equal(exported[name], trainer.ema[name])
     assert any(not torch.equal(exported[n], w) for n, w in trainer.model.state_dict().items())
+
+
+def test_an_adaln_run_exports_and_loads_back_conditioned(tmp_path, tiny_store):
+    """model.adaln=true trains, exports its conditioning, and loads back the same from the export and from a
+    checkpoint of a run that has not exported (rebuilt from config.yaml)."""
+    import shutil
+
+    from robofm.models.pretrained import from_pretrained
+
+    run = tmp_path / "run"
+    trainer = train_in_process(run, TINY + [f"data.path={tiny_store}", "trainer.max_steps=2", "model.adaln=true"])
+    exported = from_pretrained(run).model
+    assert exported.cfg.adaln and exported.cfg.action_chunk_dim == trainer.builder.cfg.stride * trainer.builder.action_dim
+    assert any(".ada." in name for name in exported.state_dict())
+    bare = tmp_path / "bare"
+    shutil.copytree(run, bare, ignore=shutil.ignore_patterns("export"))
+    assert from_pretrained(bare / "checkpoints" / "step-00000002").model.cfg == exported.cfg
