@@ -12,11 +12,17 @@ longest kept horizon), so its frames run from step 0 to step K + H_max - 1. On i
   teacher-forced, over every action token of the window's first K steps.
 - World model. From the same K observations the model imagines H_max frames under the window's real action
   chunks (those of steps K-1 .. K+H_max-2); horizon h compares imagined frame h with the real frame at step K+h-1.
-  Baselines: `copy_last` (the last observed frame, at every horizon), and `shuffled_actions` (the same imagination,
-  with the same noise, under the action chunks rolled by one across the batch: a model that uses its actions does
-  worse). PSNR is that of the mean squared error over all frames and cameras of a horizon (finite even when some
-  frames match exactly); SSIM is the mean over frames. Horizons longer than the store's longest episode of the
-  split allows are dropped, and the result says so; episodes too short for the longest kept horizon are skipped.
+  The imagination runs at two sampler settings: 1 step (for flow matching the one-step estimate of the posterior
+  mean, E[x0 | pure noise, context], the blurred frame an MSE-trained head regresses) and `sampler_steps` N. At
+  each, `shuffled_actions` is the same imagination, with the same noise, under the action chunks rolled by one
+  across the batch, and `action_use` is model minus shuffled_actions (PSNR and SSIM; Genie's delta-t PSNR): a
+  model that uses its actions does worse under shuffled ones. `copy_last` (the last observed frame, at every
+  horizon) needs no sampler and is scored once. PSNR is that of the mean squared error over all frames and cameras
+  of a horizon (finite even when some frames match exactly); SSIM is the mean over frames. Horizons longer than
+  the store's longest episode of the split allows are dropped, and the result says so; episodes too short for the
+  longest kept horizon are skipped.
+- Verdicts: the bars of robofm.eval.verdicts, PASS, FAIL or n/a with the numbers, the frame bars at
+  `verdict_sampler_steps`.
 
 Reproducible: windows are drawn from `seed`, and each batch's diffusion noise from a generator seeded by
 (seed, batch index).
@@ -38,6 +44,7 @@ from robofm.data.dataset import EpisodeWindowDataset
 from robofm.data.store import EpisodeStore
 from robofm.errors import UsageError
 from robofm.eval import metrics
+from robofm.eval.verdicts import verdicts
 from robofm.models.diffusion import FrameDiffusion
 from robofm.models.pretrained import Pretrained, from_pretrained
 from robofm.models.robofm import RobofmModel
@@ -58,9 +65,18 @@ class EvalConfig:
     batches: int = 8
     batch_size: int = 4
     horizons: tuple[int, ...] = (1, 4, 16)
-    sampler_steps: int = 10
+    sampler_steps: int = field(default=10, metadata={"help": "N: frames are imagined with 1 step and with N steps"})
+    verdict_sampler_steps: int | None = field(
+        default=None, metadata={"help": "the setting the frame bars judge, 1 or sampler_steps; null: sampler_steps"}
+    )
     device: str = "cpu"
-    action_estimate: str = "tokens"  # tokens | mean: how the policy's chunk is read from its slots (predict_action_chunk)
+    action_estimate: str = field(
+        default="tokens", metadata={"help": "tokens | mean: the chunk read from its slots (predict_action_chunk)"}
+    )
+
+    def sampler_settings(self) -> list[int]:
+        """The sampler steps frames are imagined with: 1 and sampler_steps."""
+        return sorted({1, self.sampler_steps})
 
 
 # ------------------------------------------------------------------------------------------------ data
@@ -160,33 +176,45 @@ class ActionTally:
 
 @dataclass
 class FrameTally:
-    """Per horizon and method: summed squared error (per pixel mean of each image), SSIM and the image count."""
+    """Per key ((horizon, method) or (horizon, method, sampler steps)): summed squared error (per pixel mean of each
+    image), summed SSIM and the image count."""
 
     mse: dict = field(default_factory=dict)
     ssim: dict = field(default_factory=dict)
     images: dict = field(default_factory=dict)
 
-    def add(self, horizon: int, name: str, pred: Tensor, truth: Tensor, valid: Tensor) -> None:
+    def add(self, key: tuple, pred: Tensor, truth: Tensor, valid: Tensor) -> None:
         """pred, truth: uint8 [B, C, H, W, 3]; valid: bool [B, C] (cameras the window has)."""
         p, t = pred[valid], truth[valid]  # (N, H, W, 3)
-        key = (horizon, name)
         self.mse[key] = self.mse.get(key, 0.0) + float(metrics.mse(p, t).sum())
         self.ssim[key] = self.ssim.get(key, 0.0) + float(metrics.ssim(p, t).sum())
         self.images[key] = self.images.get(key, 0) + len(p)
 
-    def result(self, horizons: list[int], methods: tuple[str, ...]) -> dict:
+    def score(self, key: tuple) -> dict:
+        """{"psnr", "ssim", "frames"} of a key (None where not finite)."""
+        n = self.images.get(key, 0)
+        mse = self.mse[key] / n if n else math.nan
+        ssim = self.ssim[key] / n if n else math.nan
+        psnr = float(metrics.psnr_from_mse(mse))
+        return {"psnr": metrics.finite_or_none(psnr), "ssim": metrics.finite_or_none(ssim), "frames": n}
+
+    def result(self, horizons: list[int], sampler_steps: list[int]) -> dict:
+        """Per horizon: copy_last, and per sampler setting the sampled methods and their differences."""
         out = {}
         for h in horizons:
-            row = {}
-            for m in methods:
-                n = self.images.get((h, m), 0)
-                mse = self.mse[(h, m)] / n if n else math.nan
-                row[m] = {"psnr": metrics.finite_or_none(float(metrics.psnr_from_mse(mse))),
-                          "ssim": metrics.finite_or_none(self.ssim[(h, m)] / n if n else math.nan), "frames": n}  # fmt: skip
-            row["shuffle_gap"] = {k: _diff(row["model"][k], row["shuffled_actions"][k]) for k in ("psnr", "ssim")}
-            row["gain_over_copy_last"] = {k: _diff(row["model"][k], row["copy_last"][k]) for k in ("psnr", "ssim")}
-            out[str(h)] = row
+            copy_last = self.score((h, "copy_last"))
+            per_steps = {}
+            for n in sampler_steps:
+                row = {m: self.score((h, m, n)) for m in SAMPLED_METHODS}
+                row["action_use"] = _differences(row["model"], row["shuffled_actions"])
+                row["gain_over_copy_last"] = _differences(row["model"], copy_last)
+                per_steps[str(n)] = row
+            out[str(h)] = {"copy_last": copy_last, "sampler_steps": per_steps}
         return out
+
+
+def _differences(a: dict, b: dict) -> dict:
+    return {k: _diff(a[k], b[k]) for k in ("psnr", "ssim")}
 
 
 def _diff(a: float | None, b: float | None) -> float | None:
@@ -197,6 +225,8 @@ def _diff(a: float | None, b: float | None) -> float | None:
 
 ACTION_METHODS = ("model", "train_mean", "repeat_last")
 FRAME_METHODS = ("model", "copy_last", "shuffled_actions")
+SAMPLED_METHODS = ("model", "shuffled_actions")  # scored at each sampler setting; copy_last once per horizon
+FRAME_DIFFERENCES = ("action_use", "gain_over_copy_last")  # model minus shuffled_actions, model minus copy_last
 
 
 def evaluate(cfg: EvalConfig, loaded: Pretrained | None = None, progress: bool = False) -> dict:
@@ -204,6 +234,9 @@ def evaluate(cfg: EvalConfig, loaded: Pretrained | None = None, progress: bool =
     (and writes it to cfg.out when set). `progress` shows a rich progress bar on stderr."""
     if cfg.batches < 1 or cfg.batch_size < 1 or cfg.sampler_steps < 1 or not cfg.horizons or min(cfg.horizons) < 1:
         raise UsageError("batches, batch_size, sampler_steps and every horizon must be >= 1")
+    verdict_steps = cfg.sampler_steps if cfg.verdict_sampler_steps is None else cfg.verdict_sampler_steps
+    if verdict_steps not in cfg.sampler_settings():
+        raise UsageError(f"verdict_sampler_steps must be 1 or sampler_steps ({cfg.sampler_steps}), not {verdict_steps}")
     loaded = loaded or from_pretrained(cfg.checkpoint, cfg.device)
     model, builder = loaded.model, loaded.builder
     k, s = builder.cfg.window_len, builder.cfg.stride
@@ -227,21 +260,26 @@ def evaluate(cfg: EvalConfig, loaded: Pretrained | None = None, progress: bool =
     result = {
         "checkpoint": str(cfg.checkpoint), "loaded": loaded.source, "store": str(cfg.data_path), "split": cfg.split,
         "seed": cfg.seed, "batches": n_batches, "windows": min(len(ds), n_batches * cfg.batch_size),
-        "context_steps": k, "stride": s, "frame_diffusion": diffusion.settings(), "sampler_steps": cfg.sampler_steps,
+        "batch_size": cfg.batch_size, "context_steps": k, "stride": s, "frame_diffusion": diffusion.settings(),
+        "sampler_steps": cfg.sampler_settings(), "verdict_sampler_steps": verdict_steps,
         "action_estimate": cfg.action_estimate,
         "horizons": kept, "dropped_horizons": dropped, "train_mean_source": mean_source,
-        "notes": _notes(cfg, ds, k, s, dropped),
-        "methods": {"actions": list(ACTION_METHODS), "frames": list(FRAME_METHODS)},  # the columns, for readers
+        "notes": _notes(cfg, ds, k, s, dropped, diffusion),
+        "methods": {"actions": list(ACTION_METHODS), "frames": list(FRAME_METHODS),
+                    "frame_differences": list(FRAME_DIFFERENCES)},  # the columns, for readers
         "actions": actions.result(ACTION_METHODS),
-        "world_model": frames.result(kept, FRAME_METHODS),
+        "world_model": frames.result(kept, cfg.sampler_settings()),
     }  # fmt: skip
+    result["verdicts"] = verdicts(result, verdict_steps)
     if cfg.out:
         Path(cfg.out).parent.mkdir(parents=True, exist_ok=True)
         Path(cfg.out).write_text(json.dumps(result, indent=1))
     return result
 
 
-def _notes(cfg: EvalConfig, ds: EpisodeWindowDataset, k: int, s: int, dropped: list[int]) -> list[str]:
+def _notes(
+    cfg: EvalConfig, ds: EpisodeWindowDataset, k: int, s: int, dropped: list[int], diffusion: FrameDiffusion
+) -> list[str]:
     """What a reader of the numbers must know: dropped horizons, baselines that could not run, skipped episodes."""
     notes = []
     if dropped:
@@ -251,6 +289,9 @@ def _notes(cfg: EvalConfig, ds: EpisodeWindowDataset, k: int, s: int, dropped: l
         notes.append("repeat_last needs a window of >= 2 steps (the model's window_len is 1): not computed")
     if cfg.batch_size == 1 or len(ds) == 1:
         notes.append("shuffled_actions rolls chunks across a batch: with one window per batch it equals model")
+    if diffusion.kind == "ddpm":
+        ddim = "one DDIM step at diffusers' leading spacing (timestep 0), not the posterior mean"
+        notes.append(f"with ddpm, 1 sampler step is {ddim}")
     if ds.too_short:
         notes.append(f"{len(ds.too_short)} {cfg.split} episodes are too short for the longest horizon and were skipped")
     return notes
@@ -288,15 +329,16 @@ def _score_frames(model: RobofmModel, builder: SequenceBuilder, diffusion: Frame
     truth = batch["frames"][:, :, k : k + h_max].transpose(1, 2)  # (B, H, C, h, w, 3)
     last = batch["frames"][:, :, k - 1]  # (B, C, h, w, 3)
     valid = batch["camera_mask"]  # (B, C)
-    for name, chunks in (("model", future), ("shuffled_actions", future.roll(1, dims=0))):
-        generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + index)  # the same noise for both
-        patches = imagine(model, builder, diffusion, context, chunks, sampler_steps=cfg.sampler_steps,
-                          generator=generator)  # fmt: skip
-        imagined = builder.image.to_uint8(builder.image.decode(patches, builder.frame_shape))  # (B, H, C, h, w, 3)
-        for h in horizons:
-            tally.add(h, name, imagined[:, h - 1], truth[:, h - 1], valid)
+    for steps in cfg.sampler_settings():
+        for name, chunks in (("model", future), ("shuffled_actions", future.roll(1, dims=0))):
+            # one seed for both methods at each setting: they differ only in the actions
+            generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + index)
+            patches = imagine(model, builder, diffusion, context, chunks, sampler_steps=steps, generator=generator)
+            imagined = builder.image.to_uint8(builder.image.decode(patches, builder.frame_shape))  # (B, H, C, h, w, 3)
+            for h in horizons:
+                tally.add((h, name, steps), imagined[:, h - 1], truth[:, h - 1], valid)
     for h in horizons:
-        tally.add(h, "copy_last", last, truth[:, h - 1], valid)
+        tally.add((h, "copy_last"), last, truth[:, h - 1], valid)
 
 
 class _progress:

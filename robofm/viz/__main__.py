@@ -31,6 +31,7 @@ from robofm.viz.report import Report, Table, write_report
 log = logging.getLogger("robofm")
 
 SAME_FRAMES_DB = 40.0  # what-if frames this close to the real-action ones get a note in the report
+VERDICT_WORDS = {True: "PASS", False: "FAIL", None: "n/a"}  # robofm-eval's verdicts' passed, as it prints them
 
 
 @dataclass
@@ -112,9 +113,9 @@ def _read_eval(path: str | None) -> dict | None:
         result = json.loads(Path(path).read_text())
     except (OSError, ValueError) as e:
         raise UsageError(f"eval={path} cannot be read: {e}") from e
-    keys = ("actions", "world_model", "windows", "split", "store")
+    keys = ("actions", "world_model", "windows", "split", "store", "verdicts")
     if not isinstance(result, dict) or not set(keys) <= result.keys():
-        raise UsageError(f"eval={path} is not a robofm-eval result (robofm-eval ... out=FILE.json): it lacks "
+        raise UsageError(f"eval={path} is not a result of this robofm-eval (robofm-eval ... out=FILE.json): it lacks "
                          f"{[k for k in keys if not isinstance(result, dict) or k not in result]}")  # fmt: skip
     return result
 
@@ -205,17 +206,27 @@ def _frame_table(m: dict) -> Table:
 
 
 def _eval_tables(result: dict) -> list[Table]:
-    """robofm-eval's result: action MSE against its baselines, and imagined-frame PSNR/SSIM per horizon."""
+    """robofm-eval's result: its verdicts, action MSE against its baselines, and imagined-frame PSNR/SSIM per horizon
+    and sampler setting (copy_last, which samples nothing, repeated on each setting's row)."""
     action_methods, frame_methods = result["methods"]["actions"], result["methods"]["frames"]
+    differences = result["methods"]["frame_differences"]
     where = f"{result['windows']} {result['split']} windows of {result['store']}"
+    bars = [[VERDICT_WORDS[v["passed"]], v["bar"], v["detail"]] for v in result["verdicts"]]
+    caption = f"Held-out bars ({where}; frame bars at {result['verdict_sampler_steps']} sampler steps)"
+    verdicts = Table(caption, ["verdict", "bar", "numbers"], bars)
     mse = result["actions"]["mse"]
     actions = Table(f"Held-out actions ({where}): MSE in robot units, lower is better",
                     action_methods, [[_num(mse[m]) for m in action_methods]])  # fmt: skip
-    rows = [[int(h), metric, *(_num(row[m][metric]) for m in frame_methods)]
-            for h, row in result["world_model"].items() for metric in ("psnr", "ssim")]  # fmt: skip
-    frames = Table(f"Held-out imagined frames ({where}), higher is better", ["horizon", "metric", *frame_methods],
-                   rows)  # fmt: skip
-    return [actions, frames]
+    rows = []
+    for h, row in result["world_model"].items():
+        for steps, sampled in row["sampler_steps"].items():
+            cells = {**row, **sampled}  # copy_last beside the sampled methods and their differences
+            for metric in ("psnr", "ssim"):
+                values = [_num(cells[m][metric]) for m in frame_methods + differences]
+                rows.append([int(h), int(steps), metric, *values])
+    header = ["horizon", "sampler steps", "metric", *frame_methods, *differences]
+    frames = Table(f"Held-out imagined frames ({where}), higher is better", header, rows)
+    return [verdicts, actions, frames]
 
 
 def _num(value) -> float | str:

@@ -15,6 +15,7 @@ from safetensors.torch import load_file
 
 from robofm.eval.__main__ import main
 from robofm.eval.evaluate import EvalConfig, evaluate
+from robofm.eval.verdicts import line
 from robofm.models.pretrained import from_pretrained
 from tests.conftest import write_store
 from tests.models.conftest import make_store, textured_episode
@@ -42,10 +43,11 @@ def run_dir(held_out_store, tmp_path_factory) -> Path:
     return run
 
 
-def test_eval_writes_every_key_and_is_reproducible(run_dir, held_out_store, tmp_path, one_thread):
+def test_eval_writes_every_key_and_is_reproducible(run_dir, held_out_store, tmp_path, one_thread, capsys):
     outs = [tmp_path / "a.json", tmp_path / "b.json"]
     for out in outs:
         assert main([f"checkpoint={run_dir}", f"data.path={held_out_store}", f"out={out}", "seed=3", *FAST]) == 0
+    printed = capsys.readouterr().out
     first, second = (json.loads(o.read_text()) for o in outs)
     assert first == second
     assert first["split"] == "val" and first["horizons"] == [1, 2] and first["dropped_horizons"] == []
@@ -55,13 +57,30 @@ def test_eval_writes_every_key_and_is_reproducible(run_dir, held_out_store, tmp_
     assert set(act["mse"]) == {"model", "train_mean", "repeat_last"} and all(v >= 0 for v in act["mse"].values())
     arm = act["per_embodiment"]["arm"]
     assert arm["dims"] == 2 and arm["windows"] == 6 and all(len(arm[m]) == 2 for m in act["mse"])
+    assert first["sampler_steps"] == [1, 2] and first["verdict_sampler_steps"] == 2  # 1 step and sampler_steps
     for h in ("1", "2"):
         row = first["world_model"][h]
-        for m in ("model", "copy_last", "shuffled_actions"):
-            assert row[m]["frames"] == 12  # 6 windows x 2 cameras
-            assert row[m]["psnr"] > 0 and -1 <= row[m]["ssim"] <= 1
-        assert row["shuffle_gap"]["psnr"] == pytest.approx(row["model"]["psnr"] - row["shuffled_actions"]["psnr"])
-        assert set(row["gain_over_copy_last"]) == {"psnr", "ssim"}
+        assert set(row) == {"copy_last", "sampler_steps"} and list(row["sampler_steps"]) == ["1", "2"]
+        copy_last = row["copy_last"]
+        assert copy_last["frames"] == 12 and copy_last["psnr"] > 0  # 6 windows x 2 cameras
+        for sampled in row["sampler_steps"].values():
+            assert set(sampled) == {"model", "shuffled_actions", "action_use", "gain_over_copy_last"}
+            for m in ("model", "shuffled_actions"):
+                assert sampled[m]["frames"] == 12
+                assert sampled[m]["psnr"] > 0 and -1 <= sampled[m]["ssim"] <= 1
+            for metric in ("psnr", "ssim"):
+                use = sampled["model"][metric] - sampled["shuffled_actions"][metric]
+                assert sampled["action_use"][metric] == pytest.approx(use)
+                gain = sampled["model"][metric] - copy_last[metric]
+                assert sampled["gain_over_copy_last"][metric] == pytest.approx(gain)
+    bars = [v["bar"] for v in first["verdicts"]]
+    assert len(bars) == 3 and bars[0].startswith("beats copy-last") and bars[1].startswith("uses actions")
+    for verdict in first["verdicts"]:
+        assert set(verdict) == {"bar", "passed", "detail"} and verdict["passed"] in (True, False, None)
+        assert line(verdict) in printed  # one line each, after the tables
+    assert printed.index("World model") < printed.index(line(first["verdicts"][0]))
+    # horizon 4 is not evaluated: the action-use bar is n/a, never a silent pass
+    assert first["verdicts"][1]["passed"] is None and "horizon 4 was not evaluated" in first["verdicts"][1]["detail"]
 
 
 def test_horizons_longer_than_the_episodes_are_dropped_and_said(run_dir, held_out_store, one_thread):
@@ -71,6 +90,8 @@ def test_horizons_longer_than_the_episodes_are_dropped_and_said(run_dir, held_ou
     assert result["horizons"] == [1] and result["dropped_horizons"] == [16]
     assert any("[16]" in note for note in result["notes"])
     assert list(result["world_model"]) == ["1"]
+    assert result["sampler_steps"] == [1] and list(result["world_model"]["1"]["sampler_steps"]) == ["1"]
+    assert result["verdicts"][1]["passed"] is None and "horizon 4 was not evaluated" in result["verdicts"][1]["detail"]
 
 
 def test_checkpoint_accepts_run_checkpoint_and_export_folders(run_dir, tmp_path):
@@ -112,6 +133,8 @@ def test_bad_input_gives_a_clear_error(run_dir, held_out_store, tmp_path, capsys
     assert "no episode in split 'val'" in err and "['train']" in err
     assert main([f"checkpoint={run_dir}", f"data.path={tmp_path / 'nostore'}"]) == 2
     assert "not a robofm episode store" in capsys.readouterr().err
+    assert main([f"checkpoint={run_dir}", f"data.path={held_out_store}", "verdict_sampler_steps=3"]) == 2
+    assert "verdict_sampler_steps must be 1 or sampler_steps (10), not 3" in capsys.readouterr().err
     for argv in ([f"checkpoint={run_dir}"], [f"checkpoint={run_dir}", "data.path=x", "colour=red"],
                  [f"checkpoint={run_dir}", "data.path=x", "seed=one"]):  # fmt: skip
         with pytest.raises(SystemExit) as e:

@@ -4,7 +4,9 @@ the report embeds what it shows, "what if" imagines its own frames, and bad inpu
 from __future__ import annotations
 
 import base64
+import json
 import re
+from html import escape as html_escape
 
 import imageio.v2 as imageio
 import numpy as np
@@ -88,8 +90,6 @@ def test_report_embeds_images_and_gifs_and_links_videos(rollout, capsys):
 
 
 def test_metrics_cover_the_horizon(rollout):
-    import json
-
     m = json.loads((rollout / "metrics.json").read_text())
     assert m["horizon"] == HORIZON and m["frame_index"] == [4, 6]  # context frames 0 and 2, stride 2
     assert len(m["psnr"]) == len(m["psnr_copy_last"]) == HORIZON
@@ -170,9 +170,25 @@ def test_without_an_episode_it_shows_the_longest_held_out_one_with_the_eval_tabl
           f"out={tmp_path / 'out'}"])  # fmt: skip
     html = (tmp_path / "out" / "report.html").read_text()
     assert f"episode {expected}" in html
-    assert "Held-out actions" in html and "Held-out imagined frames" in html
-    for name in ("train_mean", "repeat_last", "copy_last", "shuffled_actions"):
+    assert "Held-out actions" in html and "Held-out imagined frames" in html and "Held-out bars" in html
+    for name in ("train_mean", "repeat_last", "copy_last", "shuffled_actions", "action_use", "sampler steps"):
         assert f"<th>{name}</th>" in html
+    verdicts = json.loads(result.read_text())["verdicts"]
+    words = {True: "PASS", False: "FAIL", None: "n/a"}
+    for v in verdicts:  # one row per bar: its verdict, the bar, the numbers
+        cells = [words[v["passed"]], v["bar"], v["detail"]]
+        assert "<tr>" + "".join(f"<td>{html_escape(c)}</td>" for c in cells) + "</tr>" in html
+    assert verdicts[1]["passed"] is None  # horizons=1: "uses actions" (horizon 4) is n/a
+
+
+def test_an_eval_json_without_verdicts_exits_2(trained, tmp_path, capsys):
+    """An eval.json of an older robofm-eval (no verdicts, one sampler setting) is named, not half-rendered."""
+    store, run = trained
+    old = tmp_path / "eval.json"
+    old.write_text(json.dumps({"actions": {}, "world_model": {}, "windows": 1, "split": "val", "store": "s"}))
+    with pytest.raises(SystemExit) as e:
+        main([f"checkpoint={run}", f"data.path={store}", "episode=ep-000000", f"eval={old}"])
+    assert e.value.code == 2 and "it lacks ['verdicts']" in capsys.readouterr().err
 
 
 def test_what_if_file_of_the_wrong_shape_exits_2(trained, tmp_path, capsys):
