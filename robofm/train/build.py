@@ -53,7 +53,7 @@ def build_builder(cfg: TrainConfig, train: EpisodeWindowDataset, saved: Path | N
 
 
 def build_model(cfg: TrainConfig, builder: SequenceBuilder) -> RobofmModel:
-    return RobofmModel(model_config(builder, cfg.model.size, attention=cfg.model.attention))
+    return RobofmModel(model_config(builder, cfg.model.size, attention=cfg.model.attention, **cfg.model.shape()))
 
 
 def build_optimizer(model: nn.Module, optim: OptimConfig) -> torch.optim.AdamW:

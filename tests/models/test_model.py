@@ -7,6 +7,7 @@ import warnings
 import pytest
 import torch
 
+from robofm.errors import UsageError
 from robofm.models.config import SIZES, ModelConfig, model_config
 from robofm.models.robofm import RobofmModel
 from robofm.objectives.objective import Objective, ObjectiveConfig
@@ -26,6 +27,26 @@ def test_sizes_are_in_their_range(size):
 def test_parameter_count_matches_the_config(size):
     cfg = ModelConfig.sized(size, **IO)
     assert RobofmModel(cfg).num_parameters() == cfg.expected_parameters()
+
+
+def test_shape_keys_override_the_preset():
+    cfg = ModelConfig.sized("small", dim=192, depth=6, heads=6, ffn_dim=None, **IO)  # None: the preset's
+    assert (cfg.size, cfg.dim, cfg.depth, cfg.heads, cfg.ffn_dim) == ("small", 192, 6, 6, 512)
+    assert ModelConfig.sized("debug", ffn_dim=100, **IO).ffn_dim == 100
+
+
+SHAPES_THAT_DO_NOT_FIT = [
+    ({"heads": 5}, "model.heads=5"),  # 64 / 5 is not a whole head
+    ({"dim": 96, "heads": 32}, "model.dim=96 and model.heads=32"),  # heads of 3 channels: rotary needs pairs
+    ({"dim": 36}, "model.dim=36"),  # 36 / 4 = 9 channels per head
+    ({"depth": 0}, "model.depth"),
+]
+
+
+@pytest.mark.parametrize(("overrides", "named"), SHAPES_THAT_DO_NOT_FIT)
+def test_a_shape_that_does_not_fit_names_the_key(overrides, named):
+    with pytest.raises(UsageError, match=named):
+        ModelConfig.sized("debug", **overrides, **IO)
 
 
 def test_frame_head_starts_at_zero(tiny):

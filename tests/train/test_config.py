@@ -11,6 +11,7 @@ import pytest
 import torch
 import yaml
 
+from robofm.errors import UsageError
 from robofm.objectives.objective import Objective
 from robofm.train import parallelize
 from robofm.train.build import build_builder, build_datasets, build_model, build_optimizer, build_scheduler, lr_factor
@@ -144,3 +145,15 @@ def test_multirun_sweeps_into_one_folder_per_run(tmp_path, tiny_store):
     for run, steps in zip(runs, (1, 2), strict=True):
         assert [m["step"] for m in read_metrics(run)] == list(range(1, steps + 1))
         assert (run / "export" / "model.safetensors").is_file()
+
+
+def test_shape_keys_override_the_size_and_a_bad_one_is_named(tiny_store):
+    shape = ["model.dim=192", "model.depth=6", "model.heads=6"]
+    cfg, _ = compose_config(TINY + [f"data.path={tiny_store}", "model=small", *shape])
+    assert (cfg.model.dim, cfg.model.depth, cfg.model.heads, cfg.model.ffn_dim) == (192, 6, 6, None)  # None: preset's
+    with torch.device("meta"):
+        model = build_model(cfg, build_builder(cfg, build_datasets(cfg)[0]))
+    assert (model.cfg.dim, model.cfg.depth, model.cfg.heads, model.cfg.ffn_dim) == (192, 6, 6, 512)
+    for override in ("model.heads=7", "model.dim=256", "model.ffn_dim=-1"):  # small: dim 320, 5 heads
+        with pytest.raises(UsageError, match=override.split("=")[0]):
+            compose_config(["model=small", override])
