@@ -10,6 +10,8 @@ from robofm.errors import UsageError
 # so a block holds ~12 * dim^2 weights, as a GELU block with a 4x MLP.
 SIZES: dict[str, dict[str, int]] = {
     "debug": {"dim": 64, "depth": 2, "heads": 4},  # ~0.3M parameters: tests
+    "tiny": {"dim": 128, "depth": 4, "heads": 4},  # ~1M
+    "mini": {"dim": 192, "depth": 6, "heads": 6},  # ~3M
     "small": {"dim": 320, "depth": 10, "heads": 5},  # ~13M: the CPU demo
     "base": {"dim": 768, "depth": 14, "heads": 12},  # ~100M
     "large": {"dim": 1024, "depth": 24, "heads": 16},  # ~300M

@@ -14,7 +14,15 @@ from robofm.objectives.objective import Objective, ObjectiveConfig
 from tests.models.conftest import batch_of, make_model
 
 IO = dict(vocab_size=1300, patch_dim=192, state_dim=14, max_cameras=3, max_patches=144)  # a typical pixel setup
-RANGES = {"debug": (0, 1e6), "small": (10e6, 20e6), "base": (85e6, 115e6), "large": (270e6, 330e6), "1b": (0.9e9, 1.1e9)}
+RANGES = {
+    "debug": (0, 0.5e6),
+    "tiny": (0.8e6, 2e6),
+    "mini": (2.5e6, 5e6),
+    "small": (10e6, 20e6),
+    "base": (85e6, 115e6),
+    "large": (270e6, 330e6),
+    "1b": (0.9e9, 1.1e9),
+}
 
 
 @pytest.mark.parametrize("size", sorted(SIZES))
@@ -23,7 +31,13 @@ def test_sizes_are_in_their_range(size):
     assert lo <= ModelConfig.sized(size, **IO).expected_parameters() <= hi
 
 
-@pytest.mark.parametrize("size", ["debug", "small"])
+def test_every_size_has_a_range_and_sizes_grow():
+    assert set(RANGES) == set(SIZES)
+    counts = [ModelConfig.sized(size, **IO).expected_parameters() for size in SIZES]
+    assert counts == sorted(counts)  # robofm-plan probes them in this order and stops once they are too big
+
+
+@pytest.mark.parametrize("size", ["debug", "tiny", "mini", "small"])
 def test_parameter_count_matches_the_config(size):
     cfg = ModelConfig.sized(size, **IO)
     assert RobofmModel(cfg).num_parameters() == cfg.expected_parameters()
@@ -32,6 +46,7 @@ def test_parameter_count_matches_the_config(size):
 def test_shape_keys_override_the_preset():
     cfg = ModelConfig.sized("small", dim=192, depth=6, heads=6, ffn_dim=None, **IO)  # None: the preset's
     assert (cfg.size, cfg.dim, cfg.depth, cfg.heads, cfg.ffn_dim) == ("small", 192, 6, 6, 512)
+    assert cfg.expected_parameters() == ModelConfig.sized("mini", **IO).expected_parameters()
     assert ModelConfig.sized("debug", ffn_dim=100, **IO).ffn_dim == 100
 
 
