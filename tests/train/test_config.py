@@ -115,6 +115,7 @@ def test_an_experiment_in_a_config_dir_composes(tmp_path):
     ("trainer.max_stepz=3", "trainer.max_stepz"),  # a misspelt key
     ("trainer.max_steps=abc", "trainer.max_steps"),  # a wrong type
     ("optim.schedule=cosin", "optim.schedule"),  # a value outside its choices
+    ("model.heads=3", "model.heads=3"),  # a dim (debug's 64) that does not split into the heads
 ])  # fmt: skip
 def test_a_bad_key_or_value_fails_at_start_naming_the_key(tmp_path, tiny_store, override, named):
     run = tmp_path / "run"
