@@ -9,12 +9,37 @@ from robofm.errors import UsageError
 # Width, depth and heads of each size; the FFN is SwiGLU at 8/3 of the width (rounded up to a multiple of 64),
 # so a block holds ~12 * dim^2 weights, as a GELU block with a 4x MLP.
 SIZES: dict[str, dict[str, int]] = {
-    "debug": {"dim": 64, "depth": 2, "heads": 4},  # < 1M parameters: tests
+    "debug": {"dim": 64, "depth": 2, "heads": 4},  # ~0.3M parameters: tests
+    "tiny": {"dim": 128, "depth": 4, "heads": 4},  # ~1M
+    "mini": {"dim": 192, "depth": 6, "heads": 6},  # ~3M
     "small": {"dim": 320, "depth": 10, "heads": 5},  # ~13M: the CPU demo
     "base": {"dim": 768, "depth": 14, "heads": 12},  # ~100M
     "large": {"dim": 1024, "depth": 24, "heads": 16},  # ~300M
     "1b": {"dim": 2048, "depth": 20, "heads": 16},  # ~1B
 }
+SHAPE = ("dim", "depth", "heads", "ffn_dim")  # what `model.KEY=...` may set over a size's preset
+
+
+def shape_of(size: str, **overrides: int | None) -> dict[str, int]:
+    """The dim, depth, heads and ffn_dim of `size`, with each override that is not None in place of the preset's
+    (ffn_dim 0: 8/3 of dim). UsageError naming the `model.*` key for an unknown size, a non-positive value, or a
+    dim that does not split into heads of an even size (rotary positions rotate pairs of channels)."""
+    if size not in SIZES:
+        raise UsageError(f"unknown model size {size!r}; choose one of {', '.join(SIZES)}")
+    given = {k: v for k, v in overrides.items() if v is not None}
+    for key, value in given.items():
+        if not isinstance(value, int) or value < (0 if key == "ffn_dim" else 1):
+            raise UsageError(f"model.{key} must be an integer >= {0 if key == 'ffn_dim' else 1}, not {value!r}")
+    shape = {"ffn_dim": 0, **SIZES[size], **given}
+    dim, heads = shape["dim"], shape["heads"]
+    if dim % heads or (dim // heads) % 2:
+        keys = " and ".join(f"model.{k}={shape[k]}" for k in ("dim", "heads") if k in given) or f"model.size={size}"
+        fits = [h for h in range(1, dim // 2 + 1) if dim % h == 0 and (dim // h) % 2 == 0]
+        raise UsageError(
+            f"{keys}: model.dim must split into model.heads heads of an even size, and {dim} / {heads} = "
+            f"{dim / heads:g} is not; heads that fit dim {dim}: {', '.join(map(str, fits[:12])) or 'none (odd dim)'}"
+        )
+    return shape
 
 
 @dataclass
@@ -55,10 +80,11 @@ class ModelConfig:
 
     @classmethod
     def sized(cls, size: str, **kwargs) -> ModelConfig:
-        """A config of one of SIZES, with the data-dependent fields (vocab_size, patch_dim, ...) in kwargs."""
-        if size not in SIZES:
-            raise UsageError(f"unknown model size {size!r}; choose one of {sorted(SIZES)}")
-        return cls(size=size, **{**SIZES[size], **kwargs})
+        """A config of one of SIZES, with the data-dependent fields (vocab_size, patch_dim, ...) in kwargs. Shape
+        keys in kwargs (dim, depth, heads, ffn_dim) replace the preset's unless None (see shape_of). `size` stays
+        the preset's name; dim, depth, heads and ffn_dim hold the real shape, and model.json records them."""
+        shape = shape_of(size, **{k: kwargs.pop(k) for k in SHAPE if k in kwargs})
+        return cls(size=size, **shape, **kwargs)
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -23,7 +23,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from robofm.errors import UsageError
-from robofm.models.config import ModelConfig, model_config
+from robofm.models.config import SHAPE, ModelConfig, model_config
 from robofm.models.diffusion import FrameDiffusion
 from robofm.models.robofm import RobofmModel
 from robofm.tokenization.build import load_sequence_builder, save_sequence_builder
@@ -62,9 +62,9 @@ def from_pretrained(path: str | Path, device: str | torch.device = "cpu") -> Pre
     """The model of an export folder, a run folder (its export/, else its latest checkpoint) or a checkpoint folder.
 
     A checkpoint folder gives its model.safetensors (not the EMA weights) with the run's tokenization
-    (RUN/tokenization) and the model config of RUN/export/model.json, or, before the run exported, the one
-    config.yaml's model.size and model.attention rebuild. UsageError, naming the folder and what it holds, for
-    anything else."""
+    (RUN/tokenization) and the model config of RUN/export/model.json, or, before the run exported, the one that
+    config.yaml's model.size, model.attention and shape keys (model.dim, depth, heads, ffn_dim) rebuild.
+    UsageError, naming the folder and what it holds, for anything else."""
     path = Path(path)
     if not path.exists():
         raise UsageError(f"{path} does not exist: give an export, run or checkpoint folder")
@@ -87,8 +87,9 @@ def from_pretrained(path: str | Path, device: str | torch.device = "cpu") -> Pre
         cfg = ModelConfig(**json.loads((run / "export" / "model.json").read_text()))
     else:
         yaml = OmegaConf.load(ckpt / "config.yaml")
+        shape = {k: yaml.model.get(k) for k in SHAPE}  # what the run set over its size's preset (None: the preset's)
         cfg = model_config(builder, yaml.model.size, attention=yaml.model.get("attention", "sdpa"),
-                           adaln=yaml.model.get("adaln", False))  # fmt: skip
+                           adaln=yaml.model.get("adaln", False), **shape)  # fmt: skip
     return _load(cfg, ckpt / "model.safetensors", builder, load_diffusion(ckpt), f"checkpoint {ckpt}", device)
 
 

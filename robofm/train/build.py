@@ -53,7 +53,8 @@ def build_builder(cfg: TrainConfig, train: EpisodeWindowDataset, saved: Path | N
 
 
 def build_model(cfg: TrainConfig, builder: SequenceBuilder) -> RobofmModel:
-    return RobofmModel(model_config(builder, cfg.model.size, attention=cfg.model.attention, adaln=cfg.model.adaln))
+    model = cfg.model
+    return RobofmModel(model_config(builder, model.size, attention=model.attention, adaln=model.adaln, **model.shape()))
 
 
 def build_optimizer(model: nn.Module, optim: OptimConfig) -> torch.optim.AdamW:

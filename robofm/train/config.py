@@ -11,7 +11,7 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 
 from robofm.errors import UsageError
-from robofm.models.config import SIZES
+from robofm.models.config import SHAPE, SIZES, shape_of
 from robofm.objectives.objective import ObjectiveConfig
 from robofm.tokenization.build import TokenizerConfig
 from robofm.tokenization.sequence import SequenceConfig
@@ -50,16 +50,27 @@ class DataConfig:
 
 @dataclass
 class ModelSchema:
-    """size: one of SIZES; attention: sdpa | flex; adaln: modulate the NOISY tokens in every block from their
-    diffusion time and action chunk (robofm.models.backbone.Block)."""
+    """size: a preset of robofm.models.config.SIZES; dim, depth, heads, ffn_dim: null keeps the preset's, a value
+    replaces it (`model.size=small model.dim=192 model.depth=6 model.heads=6`; ffn_dim 0: 8/3 of dim); attention:
+    sdpa | flex; adaln: modulate the NOISY tokens in every block from their diffusion time and action chunk
+    (robofm.models.backbone.Block)."""
 
     size: str = "small"
     attention: str = "sdpa"
     adaln: bool = False
+    dim: int | None = None
+    depth: int | None = None
+    heads: int | None = None
+    ffn_dim: int | None = None
 
     def __post_init__(self) -> None:
         _one_of("model.size", self.size, list(SIZES))
         _one_of("model.attention", self.attention, ("sdpa", "flex"))
+        shape_of(self.size, **self.shape())  # a dim that does not split into the heads fails here, naming the keys
+
+    def shape(self) -> dict[str, int | None]:
+        """The shape keys as given (None: the preset's), for models.config.model_config."""
+        return {k: getattr(self, k) for k in SHAPE}
 
 
 @dataclass

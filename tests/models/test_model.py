@@ -7,13 +7,22 @@ import warnings
 import pytest
 import torch
 
+from robofm.errors import UsageError
 from robofm.models.config import SIZES, ModelConfig, model_config
 from robofm.models.robofm import RobofmModel
 from robofm.objectives.objective import Objective, ObjectiveConfig
 from tests.models.conftest import batch_of, make_model
 
 IO = dict(vocab_size=1300, patch_dim=192, state_dim=14, max_cameras=3, max_patches=144)  # a typical pixel setup
-RANGES = {"debug": (0, 1e6), "small": (10e6, 20e6), "base": (85e6, 115e6), "large": (270e6, 330e6), "1b": (0.9e9, 1.1e9)}
+RANGES = {
+    "debug": (0, 0.5e6),
+    "tiny": (0.8e6, 2e6),
+    "mini": (2.5e6, 5e6),
+    "small": (10e6, 20e6),
+    "base": (85e6, 115e6),
+    "large": (270e6, 330e6),
+    "1b": (0.9e9, 1.1e9),
+}
 
 
 @pytest.mark.parametrize("size", sorted(SIZES))
@@ -22,11 +31,38 @@ def test_sizes_are_in_their_range(size):
     assert lo <= ModelConfig.sized(size, **IO).expected_parameters() <= hi
 
 
-@pytest.mark.parametrize("size", ["debug", "small"])
+def test_every_size_has_a_range_and_sizes_grow():
+    assert set(RANGES) == set(SIZES)
+    counts = [ModelConfig.sized(size, **IO).expected_parameters() for size in SIZES]
+    assert counts == sorted(counts)  # robofm-plan probes them in this order and stops once they are too big
+
+
+@pytest.mark.parametrize("size", ["debug", "tiny", "mini", "small"])
 @pytest.mark.parametrize("adaln", [False, True])
 def test_parameter_count_matches_the_config(size, adaln):
     cfg = ModelConfig.sized(size, **IO, action_chunk_dim=8, adaln=adaln)
     assert RobofmModel(cfg).num_parameters() == cfg.expected_parameters()
+
+
+def test_shape_keys_override_the_preset():
+    cfg = ModelConfig.sized("small", dim=192, depth=6, heads=6, ffn_dim=None, **IO)  # None: the preset's
+    assert (cfg.size, cfg.dim, cfg.depth, cfg.heads, cfg.ffn_dim) == ("small", 192, 6, 6, 512)
+    assert cfg.expected_parameters() == ModelConfig.sized("mini", **IO).expected_parameters()
+    assert ModelConfig.sized("debug", ffn_dim=100, **IO).ffn_dim == 100
+
+
+SHAPES_THAT_DO_NOT_FIT = [
+    ({"heads": 5}, "model.heads=5"),  # 64 / 5 is not a whole head
+    ({"dim": 96, "heads": 32}, "model.dim=96 and model.heads=32"),  # heads of 3 channels: rotary needs pairs
+    ({"dim": 36}, "model.dim=36"),  # 36 / 4 = 9 channels per head
+    ({"depth": 0}, "model.depth"),
+]
+
+
+@pytest.mark.parametrize(("overrides", "named"), SHAPES_THAT_DO_NOT_FIT)
+def test_a_shape_that_does_not_fit_names_the_key(overrides, named):
+    with pytest.raises(UsageError, match=named):
+        ModelConfig.sized("debug", **overrides, **IO)
 
 
 def test_frame_head_starts_at_zero(tiny):

@@ -11,6 +11,7 @@ import pytest
 import torch
 import yaml
 
+from robofm.errors import UsageError
 from robofm.objectives.objective import Objective
 from robofm.train import parallelize
 from robofm.train.build import build_builder, build_datasets, build_model, build_optimizer, build_scheduler, lr_factor
@@ -114,6 +115,7 @@ def test_an_experiment_in_a_config_dir_composes(tmp_path):
     ("trainer.max_stepz=3", "trainer.max_stepz"),  # a misspelt key
     ("trainer.max_steps=abc", "trainer.max_steps"),  # a wrong type
     ("optim.schedule=cosin", "optim.schedule"),  # a value outside its choices
+    ("model.heads=3", "model.heads=3"),  # a dim (debug's 64) that does not split into the heads
 ])  # fmt: skip
 def test_a_bad_key_or_value_fails_at_start_naming_the_key(tmp_path, tiny_store, override, named):
     run = tmp_path / "run"
@@ -144,3 +146,15 @@ def test_multirun_sweeps_into_one_folder_per_run(tmp_path, tiny_store):
     for run, steps in zip(runs, (1, 2), strict=True):
         assert [m["step"] for m in read_metrics(run)] == list(range(1, steps + 1))
         assert (run / "export" / "model.safetensors").is_file()
+
+
+def test_shape_keys_override_the_size_and_a_bad_one_is_named(tiny_store):
+    shape = ["model.dim=192", "model.depth=6", "model.heads=6"]
+    cfg, _ = compose_config(TINY + [f"data.path={tiny_store}", "model=small", *shape])
+    assert (cfg.model.dim, cfg.model.depth, cfg.model.heads, cfg.model.ffn_dim) == (192, 6, 6, None)  # None: preset's
+    with torch.device("meta"):
+        model = build_model(cfg, build_builder(cfg, build_datasets(cfg)[0]))
+    assert (model.cfg.dim, model.cfg.depth, model.cfg.heads, model.cfg.ffn_dim) == (192, 6, 6, 512)
+    for override in ("model.heads=7", "model.dim=256", "model.ffn_dim=-1"):  # small: dim 320, 5 heads
+        with pytest.raises(UsageError, match=override.split("=")[0]):
+            compose_config(["model=small", override])

@@ -3,6 +3,9 @@ into the same model."""
 
 from __future__ import annotations
 
+import json
+import shutil
+
 import torch
 
 from robofm.models.pretrained import from_pretrained
@@ -58,10 +61,6 @@ def test_ema_weights_are_exported_when_kept(tmp_path, tiny_store):
 def test_an_adaln_run_exports_and_loads_back_conditioned(tmp_path, tiny_store):
     """model.adaln=true trains, exports its conditioning, and loads back the same from the export and from a
     checkpoint of a run that has not exported (rebuilt from config.yaml)."""
-    import shutil
-
-    from robofm.models.pretrained import from_pretrained
-
     run = tmp_path / "run"
     trainer = train_in_process(run, TINY + [f"data.path={tiny_store}", "trainer.max_steps=2", "model.adaln=true"])
     exported = from_pretrained(run).model
@@ -70,3 +69,18 @@ def test_an_adaln_run_exports_and_loads_back_conditioned(tmp_path, tiny_store):
     bare = tmp_path / "bare"
     shutil.copytree(run, bare, ignore=shutil.ignore_patterns("export"))
     assert from_pretrained(bare / "checkpoints" / "step-00000002").model.cfg == exported.cfg
+
+
+def test_a_run_with_shape_overrides_exports_and_loads_back_with_that_shape(tmp_path, tiny_store):
+    """model.dim/depth/heads/ffn_dim replace the size's preset; the export's model.json, and a checkpoint's
+    config.yaml before any export, both rebuild that shape."""
+    run = tmp_path / "run"
+    shape = {"dim": 48, "depth": 3, "heads": 2, "ffn_dim": 96}
+    overrides = [f"model.{k}={v}" for k, v in shape.items()]
+    trainer = train_in_process(run, TINY + [f"data.path={tiny_store}", "trainer.max_steps=1", *overrides])
+    recorded = json.loads((run / "export" / "model.json").read_text())
+    assert {k: recorded[k] for k in shape} == shape and recorded["size"] == "debug"
+    n = trainer.model.num_parameters()
+    shutil.rmtree(run / "export")  # a run killed before it exported: its checkpoint's config.yaml holds the shape
+    for loaded in (trainer.model, from_pretrained(run).model):
+        assert {k: getattr(loaded.cfg, k) for k in shape} == shape and loaded.num_parameters() == n
