@@ -108,7 +108,8 @@ Measured {time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())} with
 
 {cmd}
 
-Machine: {cpu_name()}, {os.cpu_count()} cores; load average at start {load_start[0]:.1f}, at the end {load_end[0]:.1f}.
+Machine: {cpu_name()}, {os.cpu_count()} cores (OMP_NUM_THREADS {os.environ.get("OMP_NUM_THREADS", "unset")}); load average
+at start {load_start[0]:.1f}, at the end {load_end[0]:.1f}.
 robofm at {robofm_revision()}. `robofm-train experiment=demo model={args.model}` on `{args.store}`, batch
 {args.batch_size}, {args.workers} loader workers, {args.steps} steps; steady state over steps {args.skip + 1}..{args.steps};
 {runs} (trainer.precision, and what it ran), alternating; the median round of each.
