@@ -16,6 +16,7 @@ from robofm.objectives.objective import ObjectiveConfig
 from robofm.tokenization.build import TokenizerConfig
 from robofm.tokenization.sequence import SequenceConfig
 from robofm.train.finetune import FinetuneConfig
+from robofm.train.precision import PRECISIONS
 
 
 def _check(key: str, value: Any, ok: bool, expected: str) -> None:
@@ -118,7 +119,7 @@ class GuardConfig:
 class TrainerConfig:
     strategy: str = "single"  # single | ddp | fsdp
     device: str = "auto"  # auto | cpu | cuda
-    precision: str = "fp32"  # fp32 | bf16 (autocast where the device supports it)
+    precision: str = "auto"  # auto (bf16 where the device runs it faster: robofm.train.precision) | fp32 | bf16
     max_steps: int = 1000
     max_minutes: float | None = None  # stop (and checkpoint) after this long
     checkpoint_every: int = 200
@@ -134,7 +135,7 @@ class TrainerConfig:
     def __post_init__(self) -> None:
         _one_of("trainer.strategy", self.strategy, ("single", "ddp", "fsdp"))
         _one_of("trainer.device", self.device, ("auto", "cpu", "cuda"))
-        _one_of("trainer.precision", self.precision, ("fp32", "bf16"))
+        _one_of("trainer.precision", self.precision, PRECISIONS)
         for key in ("max_steps", "checkpoint_every", "keep_last", "val_every"):
             _check(f"trainer.{key}", getattr(self, key), getattr(self, key) >= 0, ">= 0")
         _check("trainer.log_every", self.log_every, self.log_every >= 1, ">= 1")

@@ -27,6 +27,7 @@ from robofm.train.config import TrainConfig
 from robofm.train.guard import SpikeGuard
 from robofm.train.logger import MetricsLogger
 from robofm.train.plan import peak_flops, print_plan
+from robofm.train.precision import resolve_precision
 
 log = logging.getLogger(__name__)
 TERMS = ("total", "action", "text", "frame", "z", "action_accuracy")
@@ -93,9 +94,14 @@ class Trainer:
         self.scheduler = build_scheduler(self.optimizer, cfg)
         if checkpoint:
             self._load_optimizer(checkpoint)
+        choice = None
+        if self.dist.is_main:  # resolved once, by rank 0 (auto may measure the CPU): every rank runs the same
+            choice = resolve_precision(cfg.trainer.precision, self.device, self.model.cfg.dim)
+            log.info("trainer.precision=%s runs %s", cfg.trainer.precision, choice[1])
+        self.precision, self.precision_reason = parallelize.broadcast(choice, self.dist)
         self.logger = MetricsLogger(self.run_dir, enabled=self.dist.is_main, tensorboard=cfg.trainer.tensorboard,
                                     wandb=cfg.trainer.wandb, config=OmegaConf.to_container(OmegaConf.structured(cfg)))  # fmt: skip
-        self.autocast = parallelize.autocast(cfg.trainer.precision, self.device)
+        self.autocast = parallelize.autocast(self.precision, self.device)
         if resume:  # metrics.jsonl lines from here on supersede those of the same steps written before the kill
             self.logger.log({"event": "resume", "step": self.pos.step, "from": str(resume)})
 
@@ -137,7 +143,7 @@ class Trainer:
             return None
         state = {"step": self.pos.step, "epoch": self.pos.epoch, "batch": self.pos.batch,
                  "skip": sorted(self.pos.skip), "guard": self.guard.state_dict(), "optimizer": optim,
-                 "scheduler": self.scheduler.state_dict(), "rng": _get_rng()}  # fmt: skip
+                 "scheduler": self.scheduler.state_dict(), "rng": _get_rng(), "precision": self.precision}  # fmt: skip
         return save_checkpoint(self.run_dir, self.pos.step, weights, state, self.config_yaml,
                                self.cfg.trainer.keep_last, ema)  # fmt: skip
 
@@ -217,7 +223,7 @@ class Trainer:
         cfg, tr = self.cfg, self.cfg.trainer
         self.model.train()
         if self.dist.is_main:
-            print_plan(cfg, self.model, self.builder, self.train_ds)
+            print_plan(cfg, self.model, self.builder, self.train_ds, precision=self.precision_reason)
         start, data_wait, tokens, first_step = time.perf_counter(), 0.0, 0, self.pos.step
         flops_per_token = 6 * sum(p.numel() for p in self.model.parameters())
         peak = peak_flops(self.device) * self.dist.world_size
@@ -260,7 +266,7 @@ class Trainer:
                              elapsed / 5, capped)  # fmt: skip
                 bar.update(metrics)
                 if self.pos.step % tr.log_every == 0 or self.pos.step == tr.max_steps:
-                    self.logger.log({**metrics, **parallelize.memory(self.device)})
+                    self.logger.log({**metrics, **parallelize.memory(self.device), "precision": self.precision})
                 if tr.val_every and self.pos.step % tr.val_every == 0:
                     self.logger.log({"step": self.pos.step, **self.validate()})
                 if tr.checkpoint_every and self.pos.step % tr.checkpoint_every == 0:

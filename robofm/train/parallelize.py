@@ -101,11 +101,13 @@ def gradient_sync(model: nn.Module, enabled: bool):
 
 
 def autocast(precision: str, device: torch.device):
+    """The context forward runs in: none for fp32, bf16 autocast for bf16 (`auto` is resolved before, by
+    robofm.train.precision.resolve_precision)."""
     if precision == "fp32":
         return contextlib.nullcontext()
     if precision == "bf16":
         return torch.autocast(device.type, dtype=torch.bfloat16)
-    raise UsageError(f"trainer.precision must be fp32 or bf16, not {precision!r}")
+    raise UsageError(f"autocast takes a resolved precision, fp32 or bf16, not {precision!r}")
 
 
 def _is_dtensor(t: torch.Tensor) -> bool:

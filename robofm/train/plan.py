@@ -47,7 +47,8 @@ def non_embedding_parameters(cfg: ModelConfig) -> int:
     return cfg.depth * (4 * cfg.dim**2 + 3 * cfg.dim * cfg.ffn_dim)
 
 
-def plan_rows(cfg, model, builder, dataset) -> list[tuple[str, str]]:
+def plan_rows(cfg, model, builder, dataset, precision: str | None = None) -> list[tuple[str, str]]:
+    """The plan's (name, value) rows; `precision` is what trainer.precision resolved to and why ("bf16: ...")."""
     n = sum(p.numel() for p in model.parameters())
     epoch = epoch_tokens(dataset, builder)
     per_sample, windows = epoch.tokens_per_sample, epoch.windows
@@ -67,6 +68,8 @@ def plan_rows(cfg, model, builder, dataset) -> list[tuple[str, str]]:
         ("effective tokens", f"{effective / 1e6:,.2f}M, {effective / n:.1f} per parameter (repeats discounted)"),
         ("compute", f"6ND = {flops:.3g} FLOPs"),
     ]
+    if precision:
+        rows.append(("precision", precision))
     mix = dataset.mixture()
     if len(mix) > 1:  # what each store of the mixture gets, and what the sampler actually draws
         rows += [(f"mixture {i}", f"{m['store']}: {m['sampled']:.1%} of {m['draws']:,} draws (weight "
@@ -78,9 +81,9 @@ def plan_rows(cfg, model, builder, dataset) -> list[tuple[str, str]]:
     return rows
 
 
-def print_plan(cfg, model, builder, dataset, console: Console | None = None) -> None:
+def print_plan(cfg, model, builder, dataset, console: Console | None = None, precision: str | None = None) -> None:
     table = Table(title="robofm-train plan", show_header=False)
-    for k, v in plan_rows(cfg, model, builder, dataset):
+    for k, v in plan_rows(cfg, model, builder, dataset, precision):
         table.add_row(k, v, style="yellow" if k == "warning" else None)
         if k == "warning":
             log.warning(v)

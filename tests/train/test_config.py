@@ -17,6 +17,7 @@ from robofm.train import parallelize
 from robofm.train.build import build_builder, build_datasets, build_model, build_optimizer, build_scheduler, lr_factor
 from robofm.train.config import OptimConfig, TrainConfig
 from robofm.train.guard import SpikeGuard
+from robofm.train.precision import resolve_precision
 from tests.train.conftest import TINY, compose_config, read_metrics, run_cli
 
 CONF = files("robofm.conf")
@@ -57,7 +58,8 @@ def test_every_group_option_composes_and_builds(group, option, tiny_store):
     build_scheduler(optimizer, cfg)
     Objective(cfg.objective)
     SpikeGuard(cfg.trainer.guard)
-    parallelize.autocast(cfg.trainer.precision, torch.device("cpu"))
+    cpu = torch.device("cpu")
+    parallelize.autocast(resolve_precision(cfg.trainer.precision, cpu, model.cfg.dim)[0], cpu)
 
 
 def test_weight_decay_spares_norms_and_embeddings(tiny_store):
