@@ -29,7 +29,7 @@ from robofm.models.sampling import predict_action_chunk
 class Policy:
     def __init__(self, path: str | Path, *, embodiment: str | None = None, temperature: float = 0.0,
                  ensemble: float | None = None, seed: int = 0, device: str = "cpu",
-                 estimate: str = "tokens") -> None:  # fmt: skip
+                 estimate: str = "mean") -> None:  # fmt: skip
         pre = from_pretrained(path, device)
         self.model, self.builder = pre.model, pre.builder
         names = self.builder.embodiments

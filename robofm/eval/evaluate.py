@@ -71,7 +71,7 @@ class EvalConfig:
     )
     device: str = "cpu"
     action_estimate: str = field(
-        default="tokens", metadata={"help": "tokens | mean: the chunk read from its slots (predict_action_chunk)"}
+        default="mean", metadata={"help": "mean | tokens: the chunk read from its slots (predict_action_chunk)"}
     )
 
     def sampler_settings(self) -> list[int]:
