@@ -58,5 +58,6 @@ def test_the_wheel_ships_the_configs_and_robofm_train_composes_them(tmp_path):
     printed = yaml.safe_load(job)
     demo = yaml.safe_load((ROOT / "conf" / "experiment" / "demo.yaml").read_text())
     assert printed["trainer"]["max_steps"] == demo["trainer"]["max_steps"]
-    assert printed["model"]["size"] == "small" and printed["objective"]["logit_mean"] == demo["objective"]["logit_mean"]
+    size = next(d["override /model"] for d in demo["defaults"] if isinstance(d, dict) and "override /model" in d)
+    assert printed["model"]["size"] == size and printed["objective"]["logit_mean"] == demo["objective"]["logit_mean"]
     assert not list(elsewhere.iterdir())  # --cfg job writes no run folder
