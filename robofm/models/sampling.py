@@ -69,7 +69,8 @@ def predict_action_chunk(model: RobofmModel, builder: SequenceBuilder, batch: di
         else:
             new = slice(0, start) if j == 0 else slice(pos - 1, pos)
             logits = model(cur.tokens(new), cache).logits[:, -1]
-        probs.append(torch.softmax(logits[:, vocab.action_offset :].float(), dim=-1).cpu())
+        if estimate == "mean":  # only then is each slot's distribution read
+            probs.append(torch.softmax(logits[:, vocab.action_offset :].float(), dim=-1).cpu())
         token = _choose(logits.float().masked_fill(~allowed, float("-inf")), temperature, generator)
         token = torch.where(empty[:, j] | done, torch.full_like(token, Vocab.PAD), token)
         ids[:, pos], valid[:, pos] = token, token != Vocab.PAD
