@@ -74,6 +74,11 @@ class EvalConfig:
         default="mean", metadata={"help": "mean | tokens: the chunk read from its slots (predict_action_chunk)"}
     )
 
+    past_actions: str = field(
+        default="auto", metadata={"help": "auto | visible | hidden: whether the policy sees the earlier action chunks "
+                                  "(auto: hidden for a model trained with sequence.past_action_dropout > 0)"}
+    )
+
     def sampler_settings(self) -> list[int]:
         """The sampler steps frames are imagined with: 1 and sampler_steps."""
         return sorted({1, self.sampler_steps})
@@ -237,8 +242,11 @@ def evaluate(cfg: EvalConfig, loaded: Pretrained | None = None, progress: bool =
     verdict_steps = cfg.sampler_steps if cfg.verdict_sampler_steps is None else cfg.verdict_sampler_steps
     if verdict_steps not in cfg.sampler_settings():
         raise UsageError(f"verdict_sampler_steps must be 1 or sampler_steps ({cfg.sampler_steps}), not {verdict_steps}")
+    if cfg.past_actions not in ("auto", "visible", "hidden"):
+        raise UsageError(f"past_actions must be auto, visible or hidden, not {cfg.past_actions!r}")
     loaded = loaded or from_pretrained(cfg.checkpoint, cfg.device)
     model, builder = loaded.model, loaded.builder
+    hide = builder.hides_past_actions if cfg.past_actions == "auto" else cfg.past_actions == "hidden"
     k, s = builder.cfg.window_len, builder.cfg.stride
     store = EpisodeStore(cfg.data_path)
     kept, dropped = plan_horizons(store, cfg.split, k, s, tuple(cfg.horizons))
@@ -254,7 +262,7 @@ def evaluate(cfg: EvalConfig, loaded: Pretrained | None = None, progress: bool =
         for i in range(n_batches):
             items = [ds[j] for j in range(i * cfg.batch_size, min((i + 1) * cfg.batch_size, len(ds)))]
             batch = default_collate(items)
-            _score_actions(model, builder, objective, batch, means, actions, cfg.action_estimate)
+            _score_actions(model, builder, objective, batch, means, actions, cfg.action_estimate, hide)
             _score_frames(model, builder, diffusion, batch, kept, cfg, i, frames)
             advance()
     result = {
@@ -262,7 +270,7 @@ def evaluate(cfg: EvalConfig, loaded: Pretrained | None = None, progress: bool =
         "seed": cfg.seed, "batches": n_batches, "windows": min(len(ds), n_batches * cfg.batch_size),
         "batch_size": cfg.batch_size, "context_steps": k, "stride": s, "frame_diffusion": diffusion.settings(),
         "sampler_steps": cfg.sampler_settings(), "verdict_sampler_steps": verdict_steps,
-        "action_estimate": cfg.action_estimate,
+        "action_estimate": cfg.action_estimate, "past_actions": "hidden" if hide else "visible",
         "horizons": kept, "dropped_horizons": dropped, "train_mean_source": mean_source,
         "notes": _notes(cfg, ds, k, s, dropped, diffusion),
         "methods": {"actions": list(ACTION_METHODS), "frames": list(FRAME_METHODS),
@@ -298,17 +306,18 @@ def _notes(
 
 
 def _score_actions(model: RobofmModel, builder: SequenceBuilder, objective: Objective, batch: dict,
-                   means: dict[str, np.ndarray], tally: ActionTally, estimate: str) -> None:  # fmt: skip
+                   means: dict[str, np.ndarray], tally: ActionTally, estimate: str, hide: bool) -> None:  # fmt: skip
     k = builder.cfg.window_len
     with torch.no_grad():
-        seq = builder.build(first_steps(batch, k, target=True)).to(next(model.parameters()).device)
-        losses = objective(model, seq)
+        seq = builder.build(first_steps(batch, k, target=True), hide_past_actions=hide)
+        losses = objective(model, seq.to(next(model.parameters()).device))
     n = int(((seq.target_kind == TARGET_ACTION) & (seq.targets != IGNORE)).sum())
     tally.correct += float(losses["action_accuracy"]) * n
     tally.loss += float(losses["action"]) * n
     tally.tokens += n
     context = first_steps(batch, k, target=False)
-    pred = predict_action_chunk(model, builder, context, temperature=0.0, estimate=estimate)  # (B, s, Da)
+    pred = predict_action_chunk(model, builder, context, temperature=0.0, estimate=estimate,
+                                hide_past_actions=hide)  # (B, s, Da)  # fmt: skip
     truth = batch["actions"][:, k - 1]  # (B, s, Da): the chunk after the last observation
     for b, emb in enumerate(batch["embodiment"]):
         dims = int(batch["action_mask"][b].sum())

@@ -27,8 +27,11 @@ class RMSNorm(nn.RMSNorm):
 def attends(q_block: Tensor, q_group: Tensor, k_block: Tensor, k_group: Tensor, k_valid: Tensor) -> Tensor:
     """The attention rule, on broadcastable tensors of query and key metadata (TokenMeta's fields): a query sees
     the valid clean keys of its own block and earlier ones, and the keys of its own NOISY group. No query ever
-    sees a NOISY key of another group, so the clean stream is the same with or without NOISY blocks."""
-    sees_clean = (k_group < 0) & (k_block <= q_block)
+    sees a NOISY key of another group, so the clean stream is the same with or without NOISY blocks. A hidden
+    action chunk (group <= -2) is seen, among clean queries, only by its own tokens: the policy then predicts
+    without the past actions, and NOISY blocks still see every chunk up to theirs."""
+    earlier = (k_group < 0) & (k_block <= q_block)
+    sees_clean = earlier & ((k_group == -1) | (q_group >= 0) | (q_group == k_group))
     same_noisy = (q_group >= 0) & (q_group == k_group)
     return (sees_clean | same_noisy) & k_valid
 
@@ -49,6 +52,58 @@ def flex_block_mask(q: TokenMeta, k: TokenMeta):
 
     (b, lq), lk = q.block.shape, k.block.shape[1]
     return create_block_mask(mask_mod, B=b, H=None, Q_LEN=lq, KV_LEN=lk, device=q.block.device)
+
+
+@dataclass
+class SplitMask:
+    """The mask of a sequence laid out as a clean stream of c tokens and then n NOISY blocks of m tokens each
+    (robofm.tokenization.layout.Layout), scored in two parts: clean queries against clean keys only ([B, c, c]),
+    and each NOISY block's queries against the clean keys and its own ([B*n, m, c+m]). The rule of `attends` allows
+    nothing else (no clean query sees a NOISY key, no NOISY block another), so the result equals one masked
+    attention over all L tokens, with c^2 + n*m*(c+m) scores instead of L^2 (646 tokens of the demo: 40% fewer)."""
+
+    c: int
+    n: int
+    clean: Tensor  # (B, 1, c, c)
+    noisy: Tensor  # (B*n, 1, m, c+m)
+
+    @staticmethod
+    def of(meta: TokenMeta) -> SplitMask | None:
+        """The split of a sequence that has the layout above (every sample alike), else None."""
+        group = meta.group[0]
+        c = int((group < 0).sum())
+        n_tok = len(group) - c
+        if n_tok == 0 or bool((group[:c] >= 0).any()):
+            return None
+        _, counts = torch.unique_consecutive(group[c:], return_counts=True)
+        n, m = len(counts), int(counts[0])
+        if bool((counts != m).any()):
+            return None
+        full = allowed(meta, meta)  # (B, L, L)
+        b = full.shape[0]
+        noisy_rows = full[:, c:].view(b, n, m, -1)  # (B, n, m, L)
+        own = torch.stack([noisy_rows[:, i, :, c + i * m : c + (i + 1) * m] for i in range(n)], dim=1)  # (B, n, m, m)
+        noisy = torch.cat([noisy_rows[..., :c], own], dim=-1).reshape(b * n, 1, m, c + m)
+        return SplitMask(c, n, full[:, None, :c, :c], noisy)
+
+    def attend(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        """q, k, v [B, H, L, hd] -> [B, H, L, hd]."""
+        c, n = self.c, self.n
+        b, h, length, hd = q.shape
+        m = (length - c) // n
+        clean = F.scaled_dot_product_attention(q[:, :, :c], k[:, :, :c], v[:, :, :c], attn_mask=self.clean)
+
+        def per_block(x: Tensor) -> Tensor:  # (B, H, n*m, hd) -> (B*n, H, m, hd)
+            return x.view(b, h, n, m, hd).transpose(1, 2).reshape(b * n, h, m, hd)
+
+        def with_context(x: Tensor) -> Tensor:  # each block's keys: the clean ones, then its own
+            ctx = x[:, :, :c].unsqueeze(1).expand(b, n, h, c, hd).reshape(b * n, h, c, hd)
+            return torch.cat([ctx, per_block(x[:, :, c:])], dim=2)
+
+        y = F.scaled_dot_product_attention(per_block(q[:, :, c:]), with_context(k), with_context(v),
+                                           attn_mask=self.noisy)  # fmt: skip
+        y = y.view(b, n, h, m, hd).transpose(1, 2).reshape(b, h, n * m, hd)
+        return torch.cat([clean, y], dim=2)
 
 
 def rotary(pos: Tensor, head_dim: int, theta: float) -> tuple[Tensor, Tensor]:
@@ -96,7 +151,9 @@ class Attention(nn.Module):
             elif append:
                 cache.k.append(k)
                 cache.v.append(v)
-        if isinstance(mask, Tensor):
+        if isinstance(mask, SplitMask):
+            y = mask.attend(q, k, v)
+        elif isinstance(mask, Tensor):
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None])
         else:
             from torch.nn.attention.flex_attention import flex_attention
@@ -176,7 +233,7 @@ class Backbone(nn.Module):
         if self.cfg.attention == "flex":
             mask = flex_block_mask(meta, keys)
         else:
-            mask = allowed(meta, keys)
+            mask = (SplitMask.of(meta) if cache is None else None) or allowed(meta, keys)
         rope = rotary(pos, self.cfg.dim // self.cfg.heads, self.cfg.rope_theta)
         for i, block in enumerate(self.blocks):
             x = block(x, rope, mask, cache, i, append, cond)

@@ -35,7 +35,7 @@ def _with_target_frame(batch: dict, builder: SequenceBuilder) -> dict:
 @torch.no_grad()
 def predict_action_chunk(model: RobofmModel, builder: SequenceBuilder, batch: dict, *, temperature: float = 0.0,
                          generator: torch.Generator | None = None, use_cache: bool = True,
-                         estimate: str = "mean") -> Tensor:  # fmt: skip
+                         estimate: str = "mean", hide_past_actions: bool | None = None) -> Tensor:  # fmt: skip
     """The action chunk [B, s, Da] in robot units (padded dimensions 0) that follows the last observation.
 
     Decodes the last step's action slots one token at a time (greedy at temperature 0, else sampled), choosing
@@ -44,11 +44,13 @@ def predict_action_chunk(model: RobofmModel, builder: SequenceBuilder, batch: di
     reads each slot as the expectation of its distribution given the tokens chosen before it, where the
     tokenizer's ids carry values (binning; FAST decodes its tokens either way): on the demo's held-out windows it
     halved the action MSE of the greedy tokens' bin centres, which pile up at the clipped extremes
-    (benchmarks/RESULTS.md). "tokens" decodes the chosen tokens."""
+    (benchmarks/RESULTS.md). "tokens" decodes the chosen tokens. hide_past_actions: predict without the earlier
+    chunks in view (None: as the model was trained, `builder.hides_past_actions`)."""
     if estimate not in ("tokens", "mean"):
         raise UsageError(f"the action estimate must be tokens or mean, not {estimate!r}")
     device = next(model.parameters()).device
-    seq = builder.build(_with_target_frame(batch, builder), noisy_steps=()).to(device)
+    hide = builder.hides_past_actions if hide_past_actions is None else hide_past_actions
+    seq = builder.build(_with_target_frame(batch, builder), noisy_steps=(), hide_past_actions=hide).to(device)
     k = batch["state"].shape[1]
     lay = builder.layout((), k)
     slots = torch.as_tensor(lay.act_index[k - 1], device=device)  # (A,)
@@ -143,7 +145,7 @@ def imagine(model: RobofmModel, builder: SequenceBuilder, diffusion: FrameDiffus
             "state_known": torch.stack(window["known"], dim=1),
             "actions": torch.stack([*window["actions"], actions[:, h]], dim=1),
         }
-        seq = builder.build(step_batch, noisy_steps=(steps,)).to(device)
+        seq = builder.build(step_batch, noisy_steps=(steps,), hide_past_actions=builder.hides_past_actions).to(device)
         cache = None
         if use_cache:  # the context once; each sampler step then runs only the NOISY block against it
             cache = KVCache()

@@ -28,7 +28,9 @@ MODALITIES = 6
 class TokenMeta:
     """What the attention mask needs to know of each token, all [B, L]:
     block  int: a clean token sees clean keys whose block is <= its own (equal block: bidirectional)
-    group  int: -1 for clean tokens; a NOISY block's tokens share a group id and see each other
+    group  int: -1 for clean tokens; a NOISY block's tokens share a group id t+1 >= 1 and see each other;
+           -2-t for the action chunk of step t when past actions are hidden from the policy (seen by its own
+           tokens and by NOISY blocks, by no other clean token: SequenceConfig.past_action_dropout)
     valid  bool: False for padding and missing cameras, which no query may attend to
     A NOISY token's block is the block of the last clean token it may see (the end of its action chunk).
     """
@@ -76,7 +78,10 @@ class Vocab:
 
 @dataclass(frozen=True)
 class Layout:
-    """Per-token arrays [L] of one sample's sequence and the index arrays of each part."""
+    """Per-token arrays [L] of one sample's sequence and the index arrays of each part: the clean stream (BOS, EMB,
+    text, then OBS_t, STATE_t, ACT_t per step), then the NOISY blocks in step order. Positions are explicit ids and
+    the mask follows the metadata, so the order changes no output; NOISY blocks come last so that attention can
+    score the clean stream apart from them (robofm.models.backbone.SplitMask)."""
 
     steps: int  # K
     cameras: int  # C
@@ -91,6 +96,7 @@ class Layout:
         modality, block, group, pos, camera, patch = [], [], [], [], [], []
         index = {"text": [], "obs": [], "state": [], "act": [], "noisy": []}
         next_pos, next_block = 0, 0
+        pending = []  # NOISY blocks: (block, group, positions)
 
         def put(mod, blk, grp, p, cam=0, pt=0):
             modality.append(mod), block.append(blk), group.append(grp), pos.append(p), camera.append(cam)
@@ -111,9 +117,10 @@ class Layout:
             next_pos, next_block = next_pos + cp, next_block + 1
             index["state"].append(causal(STATE))
             index["act"].append([causal(ACTION) for _ in range(a)])
-            if t + 1 in self.noisy_steps:  # at the positions OBS_t+1 takes next (frame K: would take)
-                index["noisy"].append([put(NOISY, next_block - 1, t + 1, p, c, q)
-                                       for c, q, p in _grid(self.cameras, self.patches, next_pos + np.arange(cp))])  # fmt: skip
+            if t + 1 in self.noisy_steps:  # sees up to ACT_t's last slot; at the positions OBS_t+1 takes (frame K: would take)
+                pending.append((next_block - 1, t + 1, next_pos + np.arange(cp)))
+        for blk, grp, positions in pending:  # after the clean stream, which none of them is seen by
+            index["noisy"].append([put(NOISY, blk, grp, p, c, q) for c, q, p in _grid(self.cameras, self.patches, positions)])
         arrays = dict(modality=modality, block=block, group=group, pos=pos, camera=camera, patch=patch)
         out = {name: np.asarray(v, dtype=np.int64) for name, v in arrays.items()}
         widths = {"text": None, "state": None, "obs": cp, "act": a, "noisy": cp}

@@ -94,7 +94,11 @@ class SequenceConfig:
     noisy: which frames get a NOISY target block: "all" (frames 1..K), "last" (frame K), or an int m (m random
     frames of 1..K, drawn per batch). text_len: task-text slots (longer texts are cut). action_tokens: slots per
     action chunk for FAST (0: binning, where it is stride x action_dim). state_dropout: probability that a step's
-    state is hidden (trains the "unknown state" input that imagined rollouts use).
+    state is hidden (trains the "unknown state" input that imagined rollouts use). past_action_dropout:
+    probability that a training sample hides its action chunks from every later clean token, so that its policy
+    predicts each chunk from observations, state and text alone (the copycat answer: a smooth expert's last chunk
+    nearly predicts its next one); its NOISY blocks still see every chunk. A model trained with it > 0 predicts with
+    past actions hidden unless told otherwise (`build(hide_past_actions=...)`).
     """
 
     window_len: int = 4
@@ -103,6 +107,7 @@ class SequenceConfig:
     text_len: int = 32
     action_tokens: int = 0
     state_dropout: float = 0.0
+    past_action_dropout: float = 0.0
 
 
 class SequenceBuilder:
@@ -147,11 +152,12 @@ class SequenceBuilder:
 
     # ------------------------------------------------------------------------------------------------ build
 
-    def build(self, batch: dict, noisy_steps: tuple[int, ...] | None = None,
-              generator: torch.Generator | None = None) -> Sequence:  # fmt: skip
+    def build(self, batch: dict, noisy_steps: tuple[int, ...] | None = None, generator: torch.Generator | None = None,
+              hide_past_actions: bool | None = None) -> Sequence:  # fmt: skip
         """A collated batch (EpisodeWindowDataset items) -> Sequence. Inference may give K other than the
         configured window (from the shape of "state"), precomputed "patches" [B, C, K+1, P, patch_dim] instead of
-        frames, and "state_known" [B, K] (False: the step's state is hidden, as for an imagined frame)."""
+        frames, and "state_known" [B, K] (False: the step's state is hidden, as for an imagined frame).
+        hide_past_actions: True or False for every sample; None draws it per sample with past_action_dropout."""
         batch = {**batch, **{key: _pad_last(batch[key], dim) for key, dim in (
             ("state", self.state_dim), ("state_mask", self.state_dim), ("actions", self.action_dim),
             ("action_mask", self.action_dim))}}  # fmt: skip
@@ -194,7 +200,13 @@ class SequenceBuilder:
         state[:, lay.state_index] = self.state_inputs(batch["state"], batch["state_mask"], batch["embodiment"],
                                                       batch.get("state_known"), generator)  # fmt: skip
 
-        meta = TokenMeta(*(torch.from_numpy(a).expand(b, -1) for a in (lay.block, lay.group)), valid)
+        group = torch.from_numpy(lay.group).expand(b, -1)
+        hide = self._hidden_actions(b, hide_past_actions, generator)
+        if bool(hide.any()):  # the chunk of step t becomes group -2-t in the samples that hide it
+            group = group.clone()
+            own = -2 - torch.arange(k)[:, None].expand(k, self.action_len)  # (K, A)
+            group[:, lay.act_index] = torch.where(hide[:, None, None], own, group[:, lay.act_index])
+        meta = TokenMeta(torch.from_numpy(lay.block).expand(b, -1), group, valid)
         return Sequence(
             ids=ids,
             modality=torch.from_numpy(lay.modality).expand(b, -1),
@@ -215,6 +227,21 @@ class SequenceBuilder:
             actions=chunks,
             sample_key=torch.as_tensor(batch["key"]) if "key" in batch else torch.randint(-(2**62), 2**62, (b,)),
         )
+
+    def _hidden_actions(self, b: int, hide: bool | None, generator: torch.Generator | None) -> Tensor:
+        """bool [B]: the samples whose policy may not see their past action chunks."""
+        p = self.cfg.past_action_dropout
+        if hide is not None:
+            return torch.full((b,), bool(hide))
+        if p <= 0:
+            return torch.zeros(b, dtype=torch.bool)
+        return torch.rand(b, generator=generator) < p
+
+    @property
+    def hides_past_actions(self) -> bool:
+        """Whether inference hides past action chunks by default: it does for a model trained to predict without
+        them (past_action_dropout > 0)."""
+        return self.cfg.past_action_dropout > 0
 
     def _embodiment_id(self, name: str) -> int:
         try:

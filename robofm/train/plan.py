@@ -235,7 +235,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--probe-steps", type=int, default=3, help="--minutes: timed steps per size, after one warm-up")
     p.add_argument("--num-workers", type=int, default=2, help="--minutes: loader processes, as data.num_workers")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="--minutes: where to probe")
-    p.add_argument("--precision", default="fp32", choices=("fp32", "bf16"), help="--minutes: as trainer.precision")
+    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
+                   help="--minutes: as trainer.precision (auto: decided per size as robofm-train decides it)")  # fmt: skip
     args = p.parse_args(argv)
     from robofm.data.dataset import EpisodeWindowDataset
     from robofm.errors import UsageError
@@ -289,6 +290,7 @@ def print_minutes_plan(args, ds, builder) -> None:
     import torch
 
     from robofm.models.config import ModelConfig
+    from robofm.train.precision import resolve_precision
 
     auto = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(auto if args.device == "auto" else args.device)
@@ -301,10 +303,14 @@ def print_minutes_plan(args, ds, builder) -> None:
     sizes = args.sizes or list(SIZES)
     parameters = {s: ModelConfig.sized(s, **_io(builder)).expected_parameters() for s in sizes}
 
+    chosen: dict[str, str] = {}  # the precision each size runs in, and why
+
     def measure(size: str) -> float:
-        log.info("probing %s: %d timed steps of batch %d", size, args.probe_steps, batch)
+        precision, why = resolve_precision(args.precision, device, ModelConfig.sized(size, **_io(builder)).dim)
+        chosen[why] = chosen.get(why, "") + ("," if why in chosen else "") + size
+        log.info("probing %s in %s: %d timed steps of batch %d", size, precision, args.probe_steps, batch)
         try:
-            step_s = probe_step_seconds(builder, seq, size, device, args.precision, args.probe_steps)
+            step_s = probe_step_seconds(builder, seq, size, device, precision, args.probe_steps)
         except torch.OutOfMemoryError as e:  # a RuntimeError; plan_minutes stops at a MemoryError
             raise MemoryError(f"batch {batch} on {device}") from e
         return max(step_s, loading) if device.type == "cuda" else step_s + loading
@@ -320,6 +326,8 @@ def print_minutes_plan(args, ds, builder) -> None:
         f"et al. 2023). s/step: the median of {args.probe_steps} timed steps after a warm-up, {combined} loading a "
         f"batch ({load_s:.2f} s in one process) / {max(args.num_workers, 1)} workers; no validation or checkpoints."
     )
+    for why, names in chosen.items():
+        console.print(f"precision ({names}): {why}")
     _print_pick(console, rows, batch)
 
 

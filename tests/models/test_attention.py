@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 import torch
 
-from robofm.models.backbone import allowed
+from robofm.models.backbone import SplitMask, allowed
 from robofm.models.robofm import RobofmModel
 from robofm.tokenization.layout import NOISY, OBS, STATE
 from tests.models.conftest import batch_of, make_model
@@ -111,3 +111,45 @@ def test_flex_attention_matches_sdpa(tiny):
     torch.testing.assert_close(flex.hidden, sdpa.hidden, atol=1e-5, rtol=1e-4)
 
 
+
+
+@pytest.mark.parametrize("adaln", [False, True])
+def test_hidden_past_actions_reach_no_later_clean_token_but_every_noisy_block(tiny, adaln):
+    """The copycat answer (sequence.past_action_dropout): with a sample's action chunks hidden, changing chunk 0
+    changes only its own later slots and the NOISY blocks, so the policy predicts chunk 1 from observations."""
+    ds, builder = tiny
+    model = make_model(builder, adaln=adaln)
+    batch = batch_of(ds, 2)
+    lay = builder.layout(builder.noisy_steps())
+    first = int(lay.act_index[0][0])
+    for hide in (False, True):
+        seq = builder.build(batch, hide_past_actions=hide)
+        changed = (model(_perturb(seq, first)).hidden - model(seq).hidden).abs().amax(-1)[0] > 1e-6
+        later_clean = (seq.meta.group[0] < 0) & (torch.arange(len(lay)) > first)
+        noisy = seq.meta.group[0] >= 0
+        assert bool(changed[noisy].all())  # the world model sees every executed chunk
+        own_chunk = torch.zeros(len(lay), dtype=torch.bool)
+        own_chunk[torch.as_tensor(lay.act_index[0][1:])] = True
+        assert torch.equal(changed & later_clean, later_clean & (own_chunk if hide else later_clean)), hide
+
+
+def test_the_split_attention_computes_what_one_masked_attention_does(tiny, monkeypatch):
+    """NOISY blocks close the sequence, so the clean stream and each NOISY block are scored apart (SplitMask): the
+    outputs and the gradients equal those of one attention over every token with the full mask."""
+    ds, builder = tiny
+    model = make_model(builder)
+    seq = builder.build(batch_of(ds, 2), hide_past_actions=True)
+    assert SplitMask.of(seq.meta) is not None and SplitMask.of(seq.meta).n == builder.cfg.window_len
+
+    def run():
+        model.zero_grad()
+        out = model(seq)
+        (out.hidden.square().mean() + out.frames.square().mean()).backward()
+        return out.hidden.detach(), [p.grad.clone() for p in model.parameters() if p.grad is not None]
+
+    split, split_grads = run()
+    monkeypatch.setattr(SplitMask, "of", staticmethod(lambda meta: None))
+    full, full_grads = run()
+    torch.testing.assert_close(split, full, atol=1e-5, rtol=1e-4)
+    for a, b in zip(split_grads, full_grads, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-3)

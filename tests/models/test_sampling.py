@@ -45,6 +45,17 @@ def test_action_chunk_is_in_robot_units_and_reproducible(tiny, one_thread):
     assert not np.allclose(lo, hi)
 
 
+def test_a_policy_that_hides_past_actions_predicts_the_same_chunk_whatever_they_were(tiny, one_thread):
+    ds, builder = tiny
+    model = make_model(builder)
+    batch = observed(batch_of(ds, 2))
+    other = {**batch, "actions": batch["actions"].flip(0) + 0.3}  # other executed chunks before the last step
+    hidden = [predict_action_chunk(model, builder, b, hide_past_actions=True) for b in (batch, other)]
+    torch.testing.assert_close(hidden[0], hidden[1])
+    visible = [predict_action_chunk(model, builder, b, hide_past_actions=False) for b in (batch, other)]
+    assert not torch.allclose(visible[0], visible[1])
+
+
 def test_the_mean_estimate_is_the_expectation_of_each_slot_and_fast_keeps_its_tokens(tiny, fast, one_thread):
     """estimate="mean" reads a binning chunk as the expected bin centre of each slot (inside q01..q99, and not the
     greedy tokens' centres); FAST's tokens carry no per-slot value, so it decodes them as "tokens" does."""

@@ -99,3 +99,28 @@ def test_action_slots_to_vocabulary_and_back_are_inverse(tiny, fast, kind):
     seq = builder.build(batch_of(ds, 2))
     ids = seq.ids[:, builder.layout(builder.noisy_steps()).act_index].flatten(0, 1)  # (B*K, A)
     assert torch.equal(builder.to_vocab(builder.from_vocab(ids)), ids)
+
+
+def test_past_action_dropout_hides_whole_samples_and_follows_their_keys(tiny):
+    ds, builder = tiny
+    batch = batch_of(ds, 3)
+    lay = builder.layout(builder.noisy_steps())
+    act = torch.as_tensor(lay.act_index)  # (K, A)
+    assert (builder.build(batch).meta.group[:, act] == -1).all()  # off by default
+    assert not builder.hides_past_actions
+    builder.cfg.past_action_dropout = 1.0
+    try:
+        assert builder.hides_past_actions
+        group = builder.build(batch).meta.group
+        assert torch.equal(group[:, act], (-2 - torch.arange(len(act)))[None, :, None].expand_as(group[:, act]))
+        assert (builder.build(batch, hide_past_actions=False).meta.group[:, act] == -1).all()
+        builder.cfg.past_action_dropout = 0.5
+        draws = torch.stack([builder.build({**batch, "key": batch["key"] + i}).meta.group[:, act[0, 0]] < -1
+                             for i in range(8)])  # fmt: skip
+        assert 0 < int(draws.sum()) < draws.numel()  # some samples hide, some do not
+        again = torch.stack([builder.build({**batch, "key": batch["key"] + i}).meta.group[:, act[0, 0]] < -1
+                             for i in range(8)])  # fmt: skip
+        assert torch.equal(draws, again)  # the same keys hide the same samples
+        assert torch.equal(builder.build(batch).ids, builder.build(batch, hide_past_actions=False).ids)
+    finally:
+        builder.cfg.past_action_dropout = 0.0

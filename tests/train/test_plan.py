@@ -91,6 +91,17 @@ def test_robofm_plan_minutes_probes_the_sizes_on_the_store_and_prints_the_pick(t
     assert "robofm-plan: 0.5 minutes on" in out and "D'/N" in out and "pick:" in out
     assert "-> debug" in out or "-> tiny" in out
     assert "robofm-train model=" in out and "data.batch_size=2" in out
+    assert "precision (debug" in out  # auto, decided as robofm-train decides it, and why
+
+
+def test_robofm_plan_probes_in_the_precision_it_is_given(tiny_store, capsys, monkeypatch):
+    import robofm.train.plan as plan
+
+    used = []
+    monkeypatch.setattr(plan, "probe_step_seconds", lambda b, s, size, d, precision, n: used.append(precision) or 0.1)
+    tiny = ["--patch-size", "4", "--window-len", "2", "--batch-size", "2", "--num-workers", "0", "--sizes", "debug"]
+    main(["--store", str(tiny_store), "--minutes", "0.5", *tiny, "--precision", "fp32"])
+    assert used == ["fp32"] and "precision (debug): fp32: set by trainer.precision" in " ".join(capsys.readouterr().out.split())
 
 
 def test_robofm_plan_takes_one_budget(tiny_store):
