@@ -7,7 +7,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 DEMO_SRC := datasets/metaworld_mt10
 DEMO_OUT := outputs/demo
-DEMO_EVAL := horizons=1,4,16 batches=8 batch_size=4 sampler_steps=10
+DEMO_EVAL := horizons=1,4,16 batches=8 batch_size=4 sampler_steps=10 verdict_sampler_steps=1
 GL_PACKAGE := libosmesa6
 
 # python3.12 from PATH, else a pyenv-installed 3.12 (whose shim only answers when 3.12 is selected)
@@ -45,8 +45,9 @@ gl:
 	    "skipped; to run them: sudo apt-get install -y $(GL_PACKAGE) (Debian/Ubuntu)"; \
 	fi
 
-# Convert the demo dataset (once), pretrain the small model on it on the CPU, evaluate it on the held-out episodes
-# against the baselines, and write the HTML report of an imagined rollout. An interrupted `make demo` continues
+# Convert the demo dataset (once), pretrain the mini model on it on the CPU, evaluate it on the held-out episodes
+# against the baselines (the frame bars judged at 1 sampler step, the posterior mean that PSNR rewards), and write
+# the HTML report of an imagined rollout. An interrupted `make demo` continues
 # from its latest checkpoint (resume=auto).
 demo: $(VENV)/.installed
 	test -f $(DEMO_OUT)/store/manifest.json || \

@@ -6,7 +6,7 @@ missing could change the answer; detail gives the numbers or the reason. A bar t
 it has is False even when others are missing; a bar never passes on missing numbers.
 
 The frame bars read one sampler setting, `verdict_sampler_steps` (by default robofm-eval's `sampler_steps`, the
-setting the demo reports: 10 steps).
+setting asked for; `make demo` asks for 1 step, the posterior mean, which PSNR rewards).
 """
 
 from __future__ import annotations

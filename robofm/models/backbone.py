@@ -151,15 +151,28 @@ class Attention(nn.Module):
             elif append:
                 cache.k.append(k)
                 cache.v.append(v)
-        if isinstance(mask, SplitMask):
-            y = mask.attend(q, k, v)
-        elif isinstance(mask, Tensor):
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None])
+        if isinstance(mask, SplitMask | Tensor):
+            y = _sdpa(q, k, v, mask)
         else:
             from torch.nn.attention.flex_attention import flex_attention
 
             y = flex_attention(q, k, v, block_mask=mask)
         return self.out(rearrange(y, "b h l d -> b l (h d)"))  # (B, L, D)
+
+
+def _sdpa(q: Tensor, k: Tensor, v: Tensor, mask: SplitMask | Tensor) -> Tensor:
+    """Masked SDPA. On the CPU a bf16 q, k, v (autocast) is attended in fp32 and the result cast back: torch's CPU
+    flash kernel runs its forward and backward about 1.7x faster in fp32 than in bf16 at these shapes
+    (benchmarks/RESULTS.md, "Training throughput"), and the matmuls around it stay in bf16."""
+    dtype = q.dtype
+    if q.device.type == "cpu" and dtype == torch.bfloat16:
+        with torch.autocast("cpu", enabled=False):
+            q, k, v = q.float(), k.float(), v.float()
+            y = mask.attend(q, k, v) if isinstance(mask, SplitMask) else F.scaled_dot_product_attention(
+                q, k, v, attn_mask=mask[:, None])  # fmt: skip
+        return y.to(dtype)
+    return mask.attend(q, k, v) if isinstance(mask, SplitMask) else F.scaled_dot_product_attention(
+        q, k, v, attn_mask=mask[:, None])  # fmt: skip
 
 
 class SwiGLU(nn.Module):

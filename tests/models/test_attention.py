@@ -153,3 +153,21 @@ def test_the_split_attention_computes_what_one_masked_attention_does(tiny, monke
     torch.testing.assert_close(split, full, atol=1e-5, rtol=1e-4)
     for a, b in zip(split_grads, full_grads, strict=True):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-3)
+
+
+def test_bf16_autocast_on_the_cpu_attends_in_fp32_and_matches_fp32(tiny, monkeypatch):
+    """The CPU's flash kernel runs faster in fp32 than in bf16, so bf16 autocast attends in fp32 (backbone._sdpa):
+    the result is the fp32 model's within bf16 rounding, with gradients."""
+    ds, builder = tiny
+    model = make_model(builder)
+    seq = builder.build(batch_of(ds, 2))
+    full = model(seq).hidden
+    sdpa, seen = torch.nn.functional.scaled_dot_product_attention, []
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention",
+                        lambda q, *a, **kw: seen.append(q.dtype) or sdpa(q, *a, **kw))  # fmt: skip
+    with torch.autocast("cpu", torch.bfloat16):
+        out = model(seq)
+    assert seen and set(seen) == {torch.float32}
+    torch.testing.assert_close(out.hidden.float(), full, atol=0.1, rtol=0.05)
+    out.frames.float().square().mean().backward()
+    assert all(p.grad is not None for p in model.backbone.parameters())
