@@ -45,7 +45,7 @@ gl:
 	    "skipped; to run them: sudo apt-get install -y $(GL_PACKAGE) (Debian/Ubuntu)"; \
 	fi
 
-# Convert the demo dataset (once), pretrain the mini model on it on the CPU, evaluate it on the held-out episodes
+# Convert the demo dataset (once), pretrain the tiny model on it on the CPU, evaluate it on the held-out episodes
 # against the baselines (the frame bars judged at 1 sampler step, the posterior mean that PSNR rewards), and write
 # the HTML report of an imagined rollout. An interrupted `make demo` continues
 # from its latest checkpoint (resume=auto).

@@ -1,5 +1,5 @@
-"""Which model size is best for a budget on this machine: an iso-compute curve on the demo store, against the pick
-of `robofm-plan`.
+"""Which model size is best for a budget on this machine: held-out losses of sizes trained for the same minutes on
+the demo store (an iso-time curve, the CPU's form of an isoFLOP curve), against the pick of `robofm-plan`.
 
 The budget is wall-clock minutes on this machine, the unit `robofm-plan --minutes` and the CPU demo plan in. For
 each size the plan's own probe (robofm.train.plan.probe_step_seconds, in the precision robofm-train resolves)
@@ -26,7 +26,7 @@ from pathlib import Path
 
 from common import REPO, cpu_name, load_now, publish, robofm_revision
 
-SECTION = "## Model size for a budget: iso-compute curve"
+SECTION = "## Model size for a budget: equal minutes per size"
 BIN = Path(sys.executable).parent
 
 
@@ -150,13 +150,14 @@ Machine: {cpu_name()}, {os.cpu_count()} cores; load average at start {load_start
 robofm at {robofm_revision()}. Each size trained for the steps its probed step time allows in {args.minutes:g} minutes
 (`robofm-train experiment=demo model=SIZE trainer.max_steps=STEPS`, batch {args.batch_size}, warmup 10%), scored by
 the validation at its last step. D'/N: effective tokens (Muennighoff et al. 2023) per parameter, the plan's rule
-picks the size closest to 20. FLOPs: 6 x parameters x tokens trained.
+picks the size closest to 20. FLOPs: 6 x parameters x tokens trained (they differ: on a CPU small models run
+further from the matmul peak, so equal minutes are not equal FLOPs).
 
 | size | parameters | precision | s/step (probe) | steps | epochs | D'/N | FLOPs | wall min | val action loss | val frame loss |
 |---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|
 {table}
 
-![iso-compute curve](scaling.png)
+![held-out losses of each size after the same minutes](scaling.png)
 
 The plan picks **{pick["size"]}**; the best held-out action loss is {best_action["size"]}'s and the best frame loss
 {best_frame["size"]}'s. The pick's losses are {100 * (math.exp(within["action"]) - 1):+.1f}% (action) and
