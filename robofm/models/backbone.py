@@ -164,15 +164,12 @@ def _sdpa(q: Tensor, k: Tensor, v: Tensor, mask: SplitMask | Tensor) -> Tensor:
     """Masked SDPA. On the CPU a bf16 q, k, v (autocast) is attended in fp32 and the result cast back: torch's CPU
     flash kernel runs its forward and backward about 1.7x faster in fp32 than in bf16 at these shapes
     (benchmarks/RESULTS.md, "Training throughput"), and the matmuls around it stay in bf16."""
-    dtype = q.dtype
-    if q.device.type == "cpu" and dtype == torch.bfloat16:
+    if q.device.type == "cpu" and q.dtype == torch.bfloat16:
         with torch.autocast("cpu", enabled=False):
-            q, k, v = q.float(), k.float(), v.float()
-            y = mask.attend(q, k, v) if isinstance(mask, SplitMask) else F.scaled_dot_product_attention(
-                q, k, v, attn_mask=mask[:, None])  # fmt: skip
-        return y.to(dtype)
-    return mask.attend(q, k, v) if isinstance(mask, SplitMask) else F.scaled_dot_product_attention(
-        q, k, v, attn_mask=mask[:, None])  # fmt: skip
+            return _sdpa(q.float(), k.float(), v.float(), mask).to(q.dtype)
+    if isinstance(mask, SplitMask):
+        return mask.attend(q, k, v)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None])
 
 
 class SwiGLU(nn.Module):
