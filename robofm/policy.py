@@ -5,11 +5,14 @@
     action = policy.select_action({"images": {"corner2": img, "left": img2}, "state": state, "task": "open the door"})
 
 The model was trained on observations `stride` control steps apart with the `stride` actions between them as
-one chunk. The policy keeps that spacing: it predicts a chunk from the last `window_len` observations taken at
-chunk boundaries (fewer at the start of an episode) with the chunks executed between them, and plays it from a
-queue. With `ensemble=m` it instead predicts a chunk at every step (from observations `stride` steps apart) and
-averages every prediction for the current step with weights exp(-m * age) (ACT's temporal ensembling).
-`estimate="mean"` reads each chunk as the expectation of its slots' distributions (see predict_action_chunk).
+one chunk. The policy keeps that spacing: it predicts a chunk from the last `window_len` observations taken
+`stride` steps apart, ending now (fewer at the start of an episode), with the actions executed between them, and
+plays the first `execute` actions of it (all `stride` by default) before it predicts again. With `ensemble=m` it
+instead predicts a chunk at every step and averages every prediction for the current step with weights
+exp(-m * age) (ACT's temporal ensembling). `hide_past_actions` predicts without the executed actions in view (the
+copycat answer; None: as the model was trained). `estimate="mean"` reads each chunk as the expectation of its
+slots' distributions (see predict_action_chunk). The embodiment defaults to the one the model was trained or
+fine-tuned on (the export's trained_on.json); name it where the data held several.
 """
 
 from __future__ import annotations
@@ -28,20 +31,26 @@ from robofm.models.sampling import predict_action_chunk
 
 class Policy:
     def __init__(self, path: str | Path, *, embodiment: str | None = None, temperature: float = 0.0,
-                 ensemble: float | None = None, seed: int = 0, device: str = "cpu",
-                 estimate: str = "mean") -> None:  # fmt: skip
+                 ensemble: float | None = None, seed: int = 0, device: str = "cpu", estimate: str = "mean",
+                 execute: int | None = None, hide_past_actions: bool | None = None) -> None:  # fmt: skip
         pre = from_pretrained(path, device)
         self.model, self.builder = pre.model, pre.builder
+        self.trained_stores = pre.stores  # every store that trained it (robofm-eval-sim holds out their layouts)
         names = self.builder.embodiments
-        if embodiment is None and len(names) > 1:
-            raise UsageError(f"{path} knows several embodiments {names}: pass embodiment=...")
-        self.embodiment = embodiment or names[0]
+        trained = pre.trained_on.get("embodiments") or names  # a fine-tuned export: the data it was fine-tuned on
+        if embodiment is None and len(trained) > 1:
+            raise UsageError(f"{path} was trained on several embodiments {trained}: pass embodiment=...")
+        self.embodiment = embodiment or trained[0]
         if self.embodiment not in names:
             raise UsageError(f"{path} knows embodiments {names}, not {self.embodiment!r}")
         self.state_dim = self.builder.state_norm.dims(self.embodiment)
         self.action_dim = self.builder.action_norm.dims(self.embodiment)
         self.temperature, self.ensemble, self.seed, self.estimate = temperature, ensemble, seed, estimate
         self.k, self.stride = self.builder.cfg.window_len, self.builder.cfg.stride
+        self.execute = self.stride if execute is None else execute
+        if not 1 <= self.execute <= self.stride:
+            raise UsageError(f"execute={execute}: a chunk holds {self.stride} actions, execute 1 to {self.stride}")
+        self.hide_past_actions = hide_past_actions
         self.reset()
 
     def reset(self) -> None:
@@ -64,7 +73,7 @@ class Policy:
         self.states.append(state)
         if self.ensemble is None:
             if not self.queue:
-                self.queue.extend(self._predict(task))
+                self.queue.extend(self._predict(task)[: self.execute])
             action = self.queue.popleft()
         else:
             self.predictions.append((self.t, self._predict(task)))
@@ -98,7 +107,8 @@ class Policy:
             "task": [task], "embodiment": [self.embodiment],
         }  # fmt: skip
         chunk = predict_action_chunk(self.model, self.builder, batch, temperature=self.temperature,
-                                     generator=self.generator, estimate=self.estimate)  # fmt: skip
+                                     generator=self.generator, estimate=self.estimate,
+                                     hide_past_actions=self.hide_past_actions)  # fmt: skip
         return chunk[0, :, : self.action_dim].numpy()
 
     def _check(self, obs: dict) -> tuple[np.ndarray, np.ndarray, str]:

@@ -1,11 +1,15 @@
 #!/usr/bin/env python
-"""Collect scripted-expert demonstrations on MetaWorld MT10 and write them as a LeRobot v3 dataset.
+"""Collect scripted-expert demonstrations on MetaWorld v3 tasks and write them as a LeRobot v3 dataset.
 
-For every MT10 task the script builds MetaWorld's MT1 benchmark for that task (50 goal/object layouts drawn with
-``--seed``), runs the task's scripted expert from ``metaworld.policies`` on successive layouts, renders the
-chosen cameras offscreen, and keeps only the episodes in which the expert succeeded, until it has
+For every task of ``--tasks`` (the MT10 tasks by default; any of the 50 MetaWorld v3 tasks, which all have a
+scripted expert, or ``all``) the script builds MetaWorld's MT1 benchmark for that task (50 goal/object layouts
+drawn with ``--seed``), runs the task's scripted expert from ``metaworld.policies`` on successive layouts, renders
+the chosen cameras offscreen, and keeps only the episodes in which the expert succeeded, until it has
 ``--episodes-per-task`` of them. Episodes are written with lerobot's own writer (``LeRobotDataset.create`` /
-``add_frame`` / ``save_episode`` / ``finalize``), videos encoded by lerobot's PyAV encoder.
+``add_frame`` / ``save_episode`` / ``finalize``), videos encoded by lerobot's PyAV encoder. Each frame carries the
+task's instruction (robofm.sim.metaworld.INSTRUCTIONS) and its episode's layout, ``layout = [MT1 seed, layout
+index]``, which robofm-convert keeps in the store and robofm-eval-sim reads to evaluate on layouts no training
+episode used.
 
 Timing: MetaWorld steps its controller at 80 Hz (frame_skip 5 x 2.5 ms). At ``--fps F`` the expert is queried
 once per recorded frame and its action is held for 80/F simulator steps (action repeat), so every recorded
@@ -17,6 +21,7 @@ robofm.sim.metaworld sets MUJOCO_GL to a backend that renders (OSMesa or EGL, se
 does, the script exits 2 naming the package to install (``apt-get install -y libosmesa6``). Downloads nothing. Deterministic for a given ``--seed`` (and machine/MuJoCo build).
 
     python scripts/collect_metaworld.py --out datasets/metaworld_mt10 --overwrite
+    python scripts/collect_metaworld.py --out outputs/button_press --tasks button-press-v3 --episodes-per-task 20
 """
 
 from __future__ import annotations
@@ -44,19 +49,21 @@ import numpy as np  # noqa: E402
 from robofm.errors import RobofmError  # noqa: E402
 from robofm.sim.metaworld import (  # noqa: E402  (chooses MUJOCO_GL: before anything imports mujoco)
     CAMERAS,
+    ENV_STATE_NAMES,
     INSTRUCTIONS,
     MT10_TASKS,
     STATE_NAMES,
+    TASKS,
     Renderer,
     find_backend,
+    make_env,
+    mt1_layouts,
     split_obs,
 )
 
-# Object quaternion as MetaWorld reports it: xyzw (scipy) for reach/push/pick-place/door/peg, wxyz (MuJoCo) for
-# drawer-open/button, zeros for drawer-close/window-*. MT10 tasks have one object, so the second object slot of the
-# observation (obs[11:18]) is always zero and is dropped.
-ENV_STATE_NAMES = ["obj_x", "obj_y", "obj_z", "obj_q0", "obj_q1", "obj_q2", "obj_q3", "goal_x", "goal_y", "goal_z"]
 ACTION_NAMES = ["dx", "dy", "dz", "grip"]
+LAYOUT_NAMES = ["mt1_seed", "mt1_index"]
+ONE_OBJECT = [*range(7), *range(14, 17)]  # ENV_STATE_NAMES without the second object's slot
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -66,7 +73,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=Path("datasets/metaworld_mt10"), help="dataset folder to create")
     p.add_argument("--repo-id", default="robofm/metaworld_mt10", help="repo id recorded in the dataset")
     p.add_argument("--episodes-per-task", type=int, default=10, help="successful episodes kept per task")
-    p.add_argument("--tasks", default=",".join(MT10_TASKS), help="comma-separated MetaWorld v3 task names")
+    p.add_argument("--tasks", default=",".join(MT10_TASKS),
+                   help="comma-separated MetaWorld v3 task names, or 'all' (robofm.sim.metaworld.TASKS)")  # fmt: skip
     p.add_argument("--resolution", type=int, default=96, help="square image size in pixels")
     p.add_argument("--cameras", default="corner2,left", help=f"comma-separated, from {sorted(CAMERAS)}")
     p.add_argument(
@@ -94,11 +102,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--gop", type=int, default=2, help="keyframe interval of the videos (lerobot's default is 2)")
     p.add_argument("--overwrite", action="store_true", help="delete --out first if it exists")
     args = p.parse_args(argv)
-    args.tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    args.tasks = TASKS if args.tasks == "all" else [t.strip() for t in args.tasks.split(",") if t.strip()]
     args.cameras = [c.strip() for c in args.cameras.split(",") if c.strip()]
     bad = [t for t in args.tasks if t not in INSTRUCTIONS]
-    if bad:
-        p.error(f"unknown tasks {bad}; known: {sorted(INSTRUCTIONS)}")
+    if bad or not args.tasks:
+        p.error(f"unknown tasks {bad}; the MetaWorld v3 tasks are {', '.join(TASKS)}")
     bad = [c for c in args.cameras if c not in CAMERAS]
     if bad or not args.cameras or len(set(args.cameras)) != len(args.cameras):
         p.error(f"--cameras must be distinct names from {sorted(CAMERAS)}")
@@ -138,7 +146,7 @@ def run_episode(env, policy, renderer: Renderer | None, rng: np.random.Generator
     return ep
 
 
-def make_features(cameras: list[str], size: int) -> dict:
+def make_features(cameras: list[str], size: int, env_state_names: list[str]) -> dict:
     features = {
         f"observation.images.{cam}": {
             "dtype": "video",
@@ -150,11 +158,18 @@ def make_features(cameras: list[str], size: int) -> dict:
     features["observation.state"] = {"dtype": "float32", "shape": (len(STATE_NAMES),), "names": STATE_NAMES}
     features["observation.environment_state"] = {
         "dtype": "float32",
-        "shape": (len(ENV_STATE_NAMES),),
-        "names": ENV_STATE_NAMES,
+        "shape": (len(env_state_names),),
+        "names": env_state_names,
     }
     features["action"] = {"dtype": "float32", "shape": (len(ACTION_NAMES),), "names": ACTION_NAMES}
+    features["layout"] = {"dtype": "int64", "shape": (len(LAYOUT_NAMES),), "names": LAYOUT_NAMES}
     return features
+
+
+def has_second_object(env, layout) -> bool:
+    env.set_task(layout)
+    obs, _ = env.reset()
+    return bool(np.any(split_obs(obs)[1][7:14] != 0))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -167,12 +182,16 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", message="Constant\\(s\\) may be too high")  # metaworld.policies.move
     logging.getLogger("lerobot.utils.import_utils").setLevel(logging.ERROR)  # torchcodec probe noise
 
-    import metaworld
     from lerobot.configs.video import RGBEncoderConfig
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
     from lerobot.utils.io_utils import load_json, write_json
     from metaworld.policies import ENV_POLICY_MAP
 
+    try:  # every task's env, checked before the output folder is touched
+        envs = {task: make_env(task, args.fps, args.max_frames) for task in args.tasks}
+    except RobofmError as e:
+        print(f"collect_metaworld: error: {e}", file=sys.stderr)
+        return 2
     if args.out.exists():
         if not args.overwrite:
             print(f"{args.out} exists; pass --overwrite to replace it", file=sys.stderr)
@@ -180,8 +199,12 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(args.out)
     args.out.parent.mkdir(parents=True, exist_ok=True)
 
+    # The second object's slot of the environment state is kept only where a task has one (hammer, stick-*), so
+    # the one-object tasks' datasets have the 10 columns they always had.
+    two_objects = any(has_second_object(env, mt1_layouts(task, args.seed)[0]) for task, (env, _) in envs.items())
+    env_columns = list(range(len(ENV_STATE_NAMES))) if two_objects else ONE_OBJECT
     encoder = RGBEncoderConfig(vcodec=args.vcodec, crf=args.crf, g=args.gop)
-    features = make_features(args.cameras, args.resolution)
+    features = make_features(args.cameras, args.resolution, [ENV_STATE_NAMES[i] for i in env_columns])
     ds = LeRobotDataset.create(
         repo_id=args.repo_id,
         fps=args.fps,
@@ -199,18 +222,13 @@ def main(argv: list[str] | None = None) -> int:
     attempts: Counter = Counter()
     for task in args.tasks:
         t_task = time.perf_counter()
-        bench = metaworld.MT1(task, seed=args.seed)  # 50 goal/object layouts, drawn from np.random seeded by --seed
-        env = bench.train_classes[task]()
+        env, repeat = envs[task]
         dt = float(env.model.opt.timestep) * env.frame_skip  # 0.0125 s
-        repeat = round(1.0 / (args.fps * dt))
-        if repeat < 1 or abs(repeat * dt * args.fps - 1.0) > 1e-6:
-            raise SystemExit(f"--fps {args.fps} does not divide MetaWorld's control rate {1 / dt:g} Hz")
-        env.max_path_length = args.max_frames * repeat + 1  # our cap, not MetaWorld's 500-step limit
         policy = ENV_POLICY_MAP[task]()
         renderer = Renderer(env, args.cameras, args.resolution)
         instruction = INSTRUCTIONS[task]
         kept[task], failed[task] = [], []
-        layouts = bench.train_tasks[: args.max_attempts]
+        layouts = mt1_layouts(task, args.seed)[: args.max_attempts]  # drawn from np.random seeded by --seed
         for layout_index, layout in enumerate(layouts):
             if len(kept[task]) >= args.episodes_per_task:
                 break
@@ -232,7 +250,8 @@ def main(argv: list[str] | None = None) -> int:
             for fr in ep.frames:
                 frame = {f"observation.images.{cam}": img for cam, img in fr["images"].items()}
                 frame["observation.state"] = fr["state"]
-                frame["observation.environment_state"] = fr["env_state"]
+                frame["observation.environment_state"] = fr["env_state"][env_columns]
+                frame["layout"] = np.array([args.seed, layout_index], dtype=np.int64)
                 frame["action"] = fr["action"]
                 frame["task"] = instruction
                 ds.add_frame(frame)

@@ -19,9 +19,11 @@ def make_lerobot_dataset(
     fps: int = 10,
     seed: int = 0,
     repo_id: str = "robofm/test",
+    layouts: bool = False,
 ) -> Path:
     """Write a dataset whose frame t of episode e is filled with grey level (10 * e + 3 * t) % 256 in camera 0
-    and state[t, 0] = action[t, 0] = t, so tests can check alignment. Task of episode e: "task e"."""
+    and state[t, 0] = action[t, 0] = t, so tests can check alignment. Task of episode e: "task e". With layouts,
+    every frame carries scripts/collect_metaworld.py's `layout` feature, [seed, e]."""
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
     h, w = size
@@ -31,6 +33,8 @@ def make_lerobot_dataset(
     }
     for cam in cameras:
         features[f"observation.images.{cam}"] = {"dtype": "video", "shape": (h, w, 3), "names": ["height", "width", "channels"]}
+    if layouts:
+        features["layout"] = {"dtype": "int64", "shape": (2,), "names": ["mt1_seed", "mt1_index"]}
     ds = LeRobotDataset.create(repo_id=repo_id, fps=fps, features=features, root=root, use_videos=True)
     rng = np.random.default_rng(seed)
     for e in range(episodes):
@@ -43,6 +47,8 @@ def make_lerobot_dataset(
             action = rng.normal(size=action_dim).astype(np.float32)
             action[0] = t
             frame["observation.state"], frame["action"] = state, action
+            if layouts:
+                frame["layout"] = np.array([seed, e], dtype=np.int64)
             ds.add_frame(frame)
         ds.save_episode()
     ds.finalize()

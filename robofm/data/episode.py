@@ -33,6 +33,7 @@ class Episode:
     state_names: list[str] | None = None
     action_names: list[str] | None = None
     extra: dict = field(default_factory=dict)
+    layout: dict | None = None  # the simulator layout it was recorded on, e.g. {"mt1_seed": 0, "mt1_index": 3}
     latents: dict[str, np.ndarray] | None = None
 
     @property

@@ -60,6 +60,14 @@ class EpisodeInfo:
     source: str
     source_index: str
     has_action: bool
+    layout: dict | None = None  # the simulator layout it was recorded on (Episode.layout); not written when None
+
+    def row(self) -> dict:
+        """The manifest row: without `layout` when the episode has none, as stores before it had."""
+        row = asdict(self)
+        if row["layout"] is None:
+            del row["layout"]
+        return row
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:
@@ -205,7 +213,7 @@ class StoreWriter:
             raise
         self._next_id += 1
         info = EpisodeInfo(ep_id, self._shard_name, ep.length, ep.task, ep.embodiment, split, content_hash,
-                           ep.source, str(ep.source_index), ep.action is not None)  # fmt: skip
+                           ep.source, str(ep.source_index), ep.action is not None, ep.layout)  # fmt: skip
         self.episodes.append(info)
         self._hash_to_id[content_hash] = ep_id
         self._added += 1
@@ -271,7 +279,7 @@ class StoreWriter:
             "cameras": self.cameras,
             "embodiments": self.embodiments,
             **({"latents": self.latents} if self.latents else {}),
-            "episodes": [asdict(e) for e in self.episodes],
+            "episodes": [e.row() for e in self.episodes],
             # an append that added nothing leaves the provenance (and so the whole store) unchanged
             "provenance": self.provenance + ([self._this_provenance] if self._added else []),
         }
@@ -299,7 +307,7 @@ def write_view(base: EpisodeStore, out: Path, keep: set[str], verdicts: list[dic
     "view_of"; the shards stay where they are and are never copied or deleted), stats.json over the kept
     episodes, and `verdicts` as its quality.json. Anything that opens a store opens a view."""
     out.mkdir(parents=True, exist_ok=True)
-    manifest = {**base.manifest, "episodes": [asdict(e) for e in base.episodes if e.id in keep],
+    manifest = {**base.manifest, "episodes": [e.row() for e in base.episodes if e.id in keep],
                 "view_of": str(Path(base.manifest.get("view_of", base.root)).resolve()),
                 "provenance": [*base.manifest.get("provenance", []), provenance]}  # fmt: skip
     stats: dict[str, dict[str, RunningStats]] = {}

@@ -5,6 +5,9 @@
         model.json               the ModelConfig
         diffusion.json           the frame diffusion it was trained with (kind, prediction, target)
         tokenization/            sequence.json and the text, action and image tokenizers
+        trained_on.json          what trained it: its stores and their embodiments, and the base's stores
+                                 (read by load_policy for its default embodiment, by robofm-eval-sim for held-out
+                                 layouts)
     RUN/tokenization/            the run's tokenization, written when it starts
     RUN/checkpoints/step-N/      model.safetensors, config.yaml, state.pt (training state: robofm.train.checkpoint)
     RUN/checkpoints/latest       the name of the newest complete checkpoint
@@ -14,7 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -31,6 +34,7 @@ from robofm.tokenization.sequence import SequenceBuilder
 
 log = logging.getLogger(__name__)
 LATEST = "latest"
+TRAINED_ON = "trained_on.json"
 
 
 @dataclass
@@ -42,11 +46,18 @@ class Pretrained:
     builder: SequenceBuilder
     diffusion: FrameDiffusion
     source: str
+    trained_on: dict = field(default_factory=dict)  # trained_on.json of an export ({} for checkpoints, old exports)
+
+    @property
+    def stores(self) -> list[str]:
+        """Every store that trained this model: its own and, for a fine-tuned model, its base's."""
+        return list(dict.fromkeys(self.trained_on.get("stores", []) + self.trained_on.get("base_stores", [])))
 
 
 def export(directory: Path, model: RobofmModel, builder: SequenceBuilder, diffusion: FrameDiffusion,
-           ema: dict | None = None) -> Path:  # fmt: skip
-    """Write the export folder (see the module docstring); `ema` replaces the model's weights when given."""
+           ema: dict | None = None, trained_on: dict | None = None) -> Path:  # fmt: skip
+    """Write the export folder (see the module docstring); `ema` replaces the model's weights when given;
+    `trained_on` ({"stores": [...], "embodiments": [...], "base_stores": [...]}) becomes trained_on.json."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     weights = ema if ema is not None else model.state_dict()
@@ -55,6 +66,8 @@ def export(directory: Path, model: RobofmModel, builder: SequenceBuilder, diffus
     (directory / "model.json").write_text(json.dumps(model.cfg.to_dict(), indent=1))
     (directory / "diffusion.json").write_text(json.dumps(diffusion.settings(), indent=1))
     save_sequence_builder(builder, directory / "tokenization")
+    if trained_on is not None:
+        (directory / TRAINED_ON).write_text(json.dumps(trained_on, indent=1))
     return directory
 
 
@@ -73,7 +86,13 @@ def from_pretrained(path: str | Path, device: str | torch.device = "cpu") -> Pre
     if (path / "model.json").is_file():
         cfg = ModelConfig(**json.loads((path / "model.json").read_text()))
         builder = load_sequence_builder(path / "tokenization")
-        return _load(cfg, path / "model.safetensors", builder, load_diffusion(path), f"export {path}", device)
+        pre = _load(cfg, path / "model.safetensors", builder, load_diffusion(path), f"export {path}", device)
+        if (path / TRAINED_ON).is_file():
+            try:
+                pre.trained_on = json.loads((path / TRAINED_ON).read_text())
+            except json.JSONDecodeError as e:
+                raise UsageError(f"{path / TRAINED_ON} is not valid JSON: {e}") from e
+        return pre
     try:
         ckpt = resolve_checkpoint(path)
     except UsageError as e:

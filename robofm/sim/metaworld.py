@@ -32,20 +32,62 @@ MT10_TASKS = [
     "window-close-v3",
 ]
 
-# Natural-language instruction per MetaWorld task (the LeRobot "task" string of each frame).
+# Natural-language instruction per MetaWorld v3 task (the LeRobot "task" string of each frame): every task that has a
+# scripted expert in metaworld.policies (all 50). They are distinct, so an episode's instruction names its task.
 INSTRUCTIONS = {
-    "reach-v3": "reach the goal position",
-    "push-v3": "push the puck to the goal",
-    "pick-place-v3": "pick up the puck and place it at the goal",
-    "door-open-v3": "open the door",
-    "drawer-open-v3": "open the drawer",
-    "drawer-close-v3": "close the drawer",
+    "assembly-v3": "put the nut on the peg",
+    "basketball-v3": "dunk the ball into the basket",
+    "bin-picking-v3": "move the puck from one bin to the other",
+    "box-close-v3": "put the lid on the box",
     "button-press-topdown-v3": "press the button from the top",
+    "button-press-topdown-wall-v3": "press the button from the top, behind the wall",
+    "button-press-v3": "press the button from the front",
+    "button-press-wall-v3": "press the button from the front, behind the wall",
+    "coffee-button-v3": "push the button on the coffee machine",
+    "coffee-pull-v3": "pull the mug out of the coffee machine",
+    "coffee-push-v3": "push the mug under the coffee machine",
+    "dial-turn-v3": "turn the dial",
+    "disassemble-v3": "take the nut off the peg",
+    "door-close-v3": "close the door",
+    "door-lock-v3": "lock the door by turning the lock",
+    "door-open-v3": "open the door",
+    "door-unlock-v3": "unlock the door by turning the lock",
+    "drawer-close-v3": "close the drawer",
+    "drawer-open-v3": "open the drawer",
+    "faucet-close-v3": "turn the faucet handle to close it",
+    "faucet-open-v3": "turn the faucet handle to open it",
+    "hammer-v3": "hammer the nail into the wall",
+    "hand-insert-v3": "insert the gripper into the hole",
+    "handle-press-side-v3": "press the handle down from the side",
+    "handle-press-v3": "press the handle down",
+    "handle-pull-side-v3": "pull the handle up from the side",
+    "handle-pull-v3": "pull the handle up",
+    "lever-pull-v3": "pull the lever up",
     "peg-insert-side-v3": "insert the peg into the hole from the side",
-    "window-open-v3": "open the window",
+    "peg-unplug-side-v3": "unplug the peg from the side",
+    "pick-out-of-hole-v3": "pick the puck out of the hole",
+    "pick-place-v3": "pick up the puck and place it at the goal",
+    "pick-place-wall-v3": "pick up the puck and place it at the goal, over the wall",
+    "plate-slide-back-side-v3": "slide the plate back into the cabinet from the side",
+    "plate-slide-back-v3": "slide the plate back into the cabinet",
+    "plate-slide-side-v3": "slide the plate sideways into the cabinet",
+    "plate-slide-v3": "slide the plate into the cabinet",
+    "push-back-v3": "push the puck back to the goal",
+    "push-v3": "push the puck to the goal",
+    "push-wall-v3": "push the puck to the goal, around the wall",
+    "reach-v3": "reach the goal position",
+    "reach-wall-v3": "reach the goal position over the wall",
+    "shelf-place-v3": "place the puck on the shelf",
+    "soccer-v3": "kick the ball into the goal",
+    "stick-pull-v3": "pull the mug with the stick",
+    "stick-push-v3": "push the mug with the stick",
+    "sweep-into-v3": "sweep the puck into the hole",
+    "sweep-v3": "sweep the puck off the table",
     "window-close-v3": "close the window",
-    "handle-press-v3": "press the handle down",  # outside MT10: the fine-tuning task of benchmarks/finetune.py
+    "window-open-v3": "open the window",
 }
+TASKS = sorted(INSTRUCTIONS)
+TASK_OF_INSTRUCTION = {text: task for task, text in INSTRUCTIONS.items()}
 
 # Cameras. MetaWorld's fixed "corner*" cameras render upside down (their up axis points at the floor), so their
 # images are rotated by 180 degrees (both axes flipped: a rotation, not a mirror). "corner2" is moved to
@@ -64,6 +106,10 @@ CAMERAS = {
 SHADOW_MAP_SIZE = 1024  # MetaWorld's 4096 shadow map doubles software-GL render time for no visible gain at 96 px
 
 STATE_NAMES = ["hand_x", "hand_y", "hand_z", "gripper_open"]
+# Object quaternions as MetaWorld reports them: xyzw (scipy) for reach/push/pick-place/door/peg, wxyz (MuJoCo) for
+# drawer-open/button, zeros for drawer-close/window-*.
+ENV_STATE_NAMES = [*(f"{o}_{k}" for o in ("obj", "obj2") for k in ("x", "y", "z", "q0", "q1", "q2", "q3")),
+                   "goal_x", "goal_y", "goal_z"]  # fmt: skip
 
 
 class Renderer:
@@ -107,37 +153,44 @@ class Renderer:
 
 
 def split_obs(obs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """MetaWorld's 39-dim observation -> (state: hand xyz + gripper opening, environment state: object pose + goal).
+    """MetaWorld's 39-dim observation -> (state: hand xyz + gripper opening, environment state: both object poses
+    and the goal, the 17 values of ENV_STATE_NAMES).
 
     obs[0:3] hand xyz (m), obs[3] gripper opening in [0, 1], obs[4:11] object pos xyz + quat, obs[11:18] a second
-    object (zero in MT10), obs[18:36] the same 18 values one control step (12.5 ms) earlier (MetaWorld's frame
-    stacking; dropped), obs[36:39] goal xyz (m)."""
-    if np.any(obs[11:18] != 0):
-        raise RuntimeError("this task has a second object; environment_state would drop it")
+    object (zero where the task has one object: all but hammer, stick-pull and stick-push), obs[18:36] the same 18
+    values one control step (12.5 ms) earlier (MetaWorld's frame stacking; dropped), obs[36:39] goal xyz (m)."""
     state = obs[0:4].astype(np.float32)
-    env_state = np.concatenate([obs[4:11], obs[36:39]]).astype(np.float32)
+    env_state = np.concatenate([obs[4:18], obs[36:39]]).astype(np.float32)
     return state, env_state
 
 
-def make_env(task: str, seed: int, fps: float, max_frames: int):
-    """(env, layouts, repeat) of MetaWorld's MT1 benchmark for `task`: the env, its 50 goal/object layouts drawn
-    with `seed`, and how many 12.5 ms simulator steps make one control step at `fps` (the demo data's 20 fps: 4).
-    Raises HeadlessGLError where MuJoCo cannot render (importing metaworld imports mujoco, which would fail inside),
-    UsageError for an unknown task or an fps that is no whole number of simulator steps."""
+def make_env(task: str, fps: float, max_frames: int):
+    """(env, repeat): MetaWorld's env for `task` (set a layout with env.set_task(mt1_layouts(...)[i])) and how many
+    12.5 ms simulator steps make one control step at `fps` (the demo data's 20 fps: 4); episodes are capped at
+    `max_frames` control steps. Raises HeadlessGLError where MuJoCo cannot render (importing metaworld imports
+    mujoco, which would fail inside), UsageError for an unknown task or an fps that is no whole number of simulator
+    steps."""
+    if task not in INSTRUCTIONS:
+        raise UsageError(f"task {task!r} is not a MetaWorld v3 task; the tasks are {', '.join(TASKS)}")
     find_backend()
     try:
         import metaworld
     except ImportError as e:
         raise UsageError(f"MetaWorld is not installed: pip install 'robofm[sim]' ({e})") from e
 
-    try:
-        bench = metaworld.MT1(task, seed=seed)
-    except (KeyError, ValueError) as e:
-        raise UsageError(f"task {task!r} is not a MetaWorld v3 task (e.g. {', '.join(MT10_TASKS[:3])}): {e}") from e
-    env = bench.train_classes[task]()
+    env = metaworld.MT1(task, seed=0).train_classes[task]()
     dt = float(env.model.opt.timestep) * env.frame_skip
     repeat = round(1.0 / (fps * dt))
     if repeat < 1 or abs(repeat * dt * fps - 1.0) > 1e-6:
         raise UsageError(f"{fps} fps is not a whole number of MetaWorld steps of {dt * 1000:.1f} ms")
-    env.max_path_length = max_frames * repeat + 1
-    return env, bench.train_tasks, repeat
+    env.max_path_length = max_frames * repeat + 1  # our cap, not MetaWorld's 500-step limit
+    return env, repeat
+
+
+def mt1_layouts(task: str, seed: int) -> list:
+    """The 50 goal/object layouts of MetaWorld's MT1 benchmark for `task` drawn with `seed`. A layout is named by
+    (seed, index) into this list: what scripts/collect_metaworld.py records per episode (the `layout` feature,
+    then the store's episode row) and what robofm-eval-sim skips when a training store used it."""
+    import metaworld
+
+    return metaworld.MT1(task, seed=seed).train_tasks

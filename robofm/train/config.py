@@ -130,12 +130,16 @@ class TrainerConfig:
     compile: bool = False
     tensorboard: bool = True
     wandb: bool = False
+    # what the export holds: the weights of the last step, or those of the validation with the lowest held-out
+    # action loss (val_action; kept in RUN/best/ as the run goes, the EMA weights when the run keeps an EMA)
+    select: str = "last"
     guard: GuardConfig = field(default_factory=GuardConfig)
 
     def __post_init__(self) -> None:
         _one_of("trainer.strategy", self.strategy, ("single", "ddp", "fsdp"))
         _one_of("trainer.device", self.device, ("auto", "cpu", "cuda"))
         _one_of("trainer.precision", self.precision, PRECISIONS)
+        _one_of("trainer.select", self.select, ("last", "val_action"))
         for key in ("max_steps", "checkpoint_every", "keep_last", "val_every"):
             _check(f"trainer.{key}", getattr(self, key), getattr(self, key) >= 0, ">= 0")
         _check("trainer.log_every", self.log_every, self.log_every >= 1, ">= 1")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import random
@@ -13,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from omegaconf import OmegaConf
+from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader
 
 from robofm.models.pretrained import export, from_pretrained, latest_checkpoint, resolve_checkpoint
@@ -30,6 +32,7 @@ from robofm.train.plan import peak_flops, print_plan
 from robofm.train.precision import resolve_precision
 
 log = logging.getLogger(__name__)
+BEST = "best"  # RUN/best/: the weights trainer.select=val_action exports
 TERMS = ("total", "action", "text", "frame", "z", "action_accuracy")
 
 
@@ -59,6 +62,7 @@ class Trainer:
         self.train_ds, self.val_ds = build_datasets(cfg, self.dist.rank, self.dist.world_size)
         fit_ds = build_datasets(cfg)[0] if self.dist.distributed else self.train_ds  # one tokenization for all ranks
         base = from_pretrained(cfg.init_from) if cfg.init_from else None  # fine-tuning: robofm.train.finetune
+        self.base_stores = base.stores if base is not None else []
         # a resumed run keeps the tokenization of the run it resumes (a FAST fit on other data would differ)
         saved = resume.parent.parent / "tokenization" if resume else None
         if base is not None and saved is None:
@@ -85,6 +89,7 @@ class Trainer:
         self.guard = SpikeGuard(cfg.trainer.guard)
         self.pos = Position()
         self.ema = None
+        self.best = self._read_best() if resume else None  # trainer.select: the best validation so far
         checkpoint = load_checkpoint(resume) if resume else None  # read once: weights and state, then optimizer
         if checkpoint:
             self._load(resume, checkpoint)
@@ -268,7 +273,7 @@ class Trainer:
                 if self.pos.step % tr.log_every == 0 or self.pos.step == tr.max_steps:
                     self.logger.log({**metrics, **parallelize.memory(self.device), "precision": self.precision})
                 if tr.val_every and self.pos.step % tr.val_every == 0:
-                    self.logger.log({"step": self.pos.step, **self.validate()})
+                    self._validate_and_select()
                 if tr.checkpoint_every and self.pos.step % tr.checkpoint_every == 0:
                     self.save()
                     bad.clear()  # a rollback returns here at the earliest: earlier batches are behind it
@@ -277,17 +282,61 @@ class Trainer:
                     break
         if not tr.checkpoint_every or self.pos.step % tr.checkpoint_every:
             self.save()
+        if tr.select != "last" and (not tr.val_every or self.pos.step % tr.val_every):
+            self._validate_and_select()  # the last step is a candidate too
         out = None
-        weights = parallelize.full_tensors(self.ema)  # the EMA weights when the run kept an EMA; every rank gathers
+        weights = self._export_weights()
+        if self.best is not None:
+            log.info("exporting step %d, the lowest val/action (%.4f) of the run (trainer.select=%s)",
+                     self.best["step"], self.best["val/action"], tr.select)  # fmt: skip
+            weights = load_file(str(self.run_dir / BEST / "model.safetensors")) if self.dist.is_main else weights
+        if self.dist.is_main:
+            trained_on = {"stores": [str(st.root.resolve()) for st in self.train_ds.stores],
+                          "embodiments": sorted({e for st in self.train_ds.stores for e in st.manifest["embodiments"]}),
+                          "init_from": str(Path(cfg.init_from).resolve()) if cfg.init_from else None,
+                          "base_stores": self.base_stores,
+                          "selected": {"step": self.pos.step} if self.best is None else self.best}  # fmt: skip
+            out = export(self.run_dir / "export", self.model, self.builder, self.objective.diffusion, weights,
+                         trained_on)  # fmt: skip
+        self.logger.close()
+        parallelize.finish(self.dist)
+        return out
+
+    def _export_weights(self) -> dict[str, torch.Tensor]:
+        """What an export holds: the EMA weights when the run keeps an EMA, else the model's, with LoRA adapters
+        merged into their weights (every rank calls it: FSDP gathers)."""
+        weights = parallelize.full_tensors(self.ema)
         if weights is None:
             weights = parallelize.full_state_dict(self.model, self.dist)
         if self.cfg.finetune.mode == "lora":  # the export is a plain model: adapters merged into their weights
             weights = finetune.merge_lora(self.model)
+        return weights
+
+    def _validate_and_select(self) -> None:
+        """Validate and log; with trainer.select=val_action keep the weights of the lowest val/action so far in
+        RUN/best/ (model.safetensors and best.json, which a resumed run reads back)."""
+        metrics = self.validate()
+        self.logger.log({"step": self.pos.step, **metrics})
+        if self.cfg.trainer.select == "last" or "val/action" not in metrics:
+            return
+        value = metrics["val/action"]
+        if self.best is not None and value >= self.best["val/action"]:
+            return
+        weights = self._export_weights()
+        self.best = {"step": self.pos.step, "val/action": value}
         if self.dist.is_main:
-            out = export(self.run_dir / "export", self.model, self.builder, self.objective.diffusion, weights)
-        self.logger.close()
-        parallelize.finish(self.dist)
-        return out
+            best = self.run_dir / BEST
+            best.mkdir(parents=True, exist_ok=True)
+            save_file({k: v.detach().float().contiguous() for k, v in weights.items()},
+                      str(best / "model.safetensors.tmp"))  # fmt: skip
+            os.replace(best / "model.safetensors.tmp", best / "model.safetensors")
+            (best / "best.json").write_text(json.dumps(self.best))
+
+    def _read_best(self) -> dict | None:
+        path = self.run_dir / BEST / "best.json"
+        if self.cfg.trainer.select == "last" or not path.is_file():
+            return None
+        return json.loads(path.read_text())
 
     @torch.no_grad()
     def _update_ema(self) -> None:

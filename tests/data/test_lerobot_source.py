@@ -36,6 +36,7 @@ def test_lerobot_dataset_converts_with_cameras_state_action_and_task(lerobot_dat
     quality = json.loads((out / "quality.json").read_text())
     assert [q["status"] for q in quality] == ["kept"] * 4
     assert store.manifest["provenance"][0]["arguments"][:2] == ["robofm-convert", "lerobot"]
+    assert all(info.layout is None for info in store.episodes)  # the dataset has no layout feature
 
 
 def test_append_twice_changes_nothing_and_existing_store_needs_a_flag(lerobot_dataset, tmp_path):
@@ -58,3 +59,11 @@ def test_unreadable_lerobot_source_is_a_usage_error(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert main(["lerobot", str(tmp_path / "empty"), "--out", str(tmp_path / "o")]) == 2
     assert "meta/info.json is missing" in capsys.readouterr().err
+
+
+def test_the_layout_feature_of_a_simulated_dataset_reaches_the_store(tmp_path):
+    """scripts/collect_metaworld.py's per-frame `layout` ([MT1 seed, index]) becomes the episode row's layout."""
+    ds = make_lerobot_dataset(tmp_path / "ds", episodes=2, length=12, seed=7, layouts=True)
+    assert main(["lerobot", str(ds), "--out", str(tmp_path / "store"), *UNIFORM]) == 0
+    store = EpisodeStore(tmp_path / "store")
+    assert [e.layout for e in store.episodes] == [{"mt1_seed": 7, "mt1_index": 0}, {"mt1_seed": 7, "mt1_index": 1}]

@@ -92,3 +92,15 @@ def test_store_is_never_half_written(store_factory):
     StoreWriter(root, fps=10, cameras={"front": (8, 8), "wrist": (8, 8)}, mode="append").close()
     assert not list((root / "shards").glob("*.partial"))
     assert len(EpisodeStore(root).episodes) == 4
+
+
+def test_an_episode_keeps_its_simulator_layout_and_rows_without_one_have_no_key(tmp_path):
+    """The layout a simulated episode was recorded on survives the store (robofm-eval-sim holds it out); episodes
+    without one write the same rows as before layouts existed, so older robofm still reads such a store."""
+    placed, plain = indexed_episode(8, seed=0), indexed_episode(8, seed=1)
+    placed.layout = {"mt1_seed": 3, "mt1_index": 17}
+    root = write_store(tmp_path / "store", [placed, plain])
+    rows = json.loads((root / "manifest.json").read_text())["episodes"]
+    assert rows[0]["layout"] == {"mt1_seed": 3, "mt1_index": 17} and "layout" not in rows[1]
+    store = EpisodeStore(root)
+    assert [e.layout for e in store.episodes] == [{"mt1_seed": 3, "mt1_index": 17}, None]

@@ -30,8 +30,8 @@ def textured_episode(length: int, seed: int, **kw):
     return ep
 
 
-def make_store(root: Path, n: int = 4, length: int = 16, **kw) -> Path:
-    return write_store(root, [textured_episode(length, seed=i, **kw) for i in range(n)])
+def make_store(root: Path, n: int = 4, length: int = 16, val_fraction: float = 0.0, **kw) -> Path:
+    return write_store(root, [textured_episode(length, seed=i, **kw) for i in range(n)], val_fraction=val_fraction)
 
 
 def make_builder(stores, *, noisy="all", **tok) -> tuple[EpisodeWindowDataset, object]:

@@ -108,3 +108,47 @@ def test_a_lora_fine_tune_resumes_from_its_checkpoint(base, tmp_path):
     assert resumed.pos.step == 2
     now = dict(resumed.model.named_parameters())
     assert all(torch.equal(now[n], w) for n, w in adapters.items()) and any(w.abs().sum() > 0 for w in adapters.values())
+
+
+def test_a_fine_tuned_export_is_a_policy_of_the_embodiment_it_was_fine_tuned_on(base, tmp_path, tiny_store):
+    """The base knows "arm"; fine-tuned on "biarm" data, load_policy defaults to "biarm" (and still takes "arm" when
+    named). The export records every store behind it, the base's included."""
+    from robofm.policy import load_policy
+
+    base_dir, store = base
+    finetune(tmp_path / "run", base_dir, store)
+    policy = load_policy(tmp_path / "run")
+    assert policy.builder.embodiments == ["arm", "biarm"] and policy.embodiment == "biarm" and policy.state_dim == 5
+    assert load_policy(tmp_path / "run", embodiment="arm").state_dim == 3
+    assert policy.trained_stores == [str(store.resolve()), str(tiny_store.resolve())]
+
+
+def test_the_finetune_recipe_runs_and_exports_its_best_validation(base, tmp_path):
+    """experiment=finetune (sized down to a few debug steps) validates every step and exports the weights of the
+    lowest val/action, which RUN/best/ holds, not the last step's."""
+    import json
+
+    from safetensors.torch import load_file
+
+    from tests.train.conftest import compose_config
+
+    cfg, _ = compose_config(["experiment=finetune"])
+    assert (cfg.trainer.select, cfg.optim.ema, cfg.optim.lr, cfg.model.size) == ("val_action", 0.99, 3e-4, "tiny")
+    base_dir, _ = base
+    store = make_store(tmp_path / "store", n=6, length=16, embodiment="biarm", state_dim=5, action_dim=4,
+                       val_fraction=0.5)  # fmt: skip
+    small = ["tokenizer.patch_size=4", "sequence.window_len=2", "sequence.text_len=16", "data.batch_size=4",
+             "data.num_workers=0", "data.val_batches=2", "trainer.tensorboard=false", "trainer.precision=fp32",
+             "trainer.max_steps=6", "trainer.val_every=1", "trainer.checkpoint_every=0", "optim.warmup_steps=1",
+             "optim.lr=3e-2"]  # fmt: skip
+    run = tmp_path / "run"
+    train_in_process(run, ["experiment=finetune", f"init_from={base_dir}", f"data.path={store}", *small])
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    val = {r["step"]: r["val/action"] for r in rows if "val/action" in r}
+    assert sorted(val) == [1, 2, 3, 4, 5, 6]
+    best = min(val, key=val.get)
+    selected = json.loads((run / "export" / "trained_on.json").read_text())["selected"]
+    assert selected == {"step": best, "val/action": val[best]}
+    exported = load_file(str(run / "export" / "model.safetensors"))
+    kept = load_file(str(run / "best" / "model.safetensors"))
+    assert all(torch.equal(exported[k], kept[k]) for k in kept)

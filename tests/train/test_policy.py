@@ -62,3 +62,18 @@ def test_a_malformed_observation_names_what_was_expected(export, obs, message):
     with pytest.raises(UsageError) as e:
         robofm.load_policy(export).select_action(obs)
     assert message in str(e.value)
+
+
+def test_execute_replans_sooner_and_hidden_past_actions_reach_the_sampler(export, monkeypatch):
+    """execute=1 predicts a chunk at every step and plays its first action (observations still stride apart);
+    hide_past_actions is passed through to predict_action_chunk; execute outside 1..stride is refused."""
+    import robofm.policy as module
+
+    calls = []
+    real = module.predict_action_chunk
+    monkeypatch.setattr(module, "predict_action_chunk", lambda *a, **k: calls.append(k) or real(*a, **k))
+    policy = robofm.load_policy(export, execute=1, hide_past_actions=True)
+    actions = [policy.select_action(observation(t)) for t in range(5)]
+    assert len(calls) == 5 and all(c["hide_past_actions"] is True for c in calls) and actions[0].shape == (2,)
+    with pytest.raises(UsageError, match="execute 1 to 2"):
+        robofm.load_policy(export, execute=3)

@@ -17,6 +17,7 @@ from robofm.errors import EpisodeError, UsageError
 
 HELP = "a LeRobot v3 dataset: a local folder (with meta/info.json), or a hub repo id when online"
 IMAGE_PREFIX = "observation.images."
+LAYOUT = "layout"  # per-frame ints naming the simulator layout of the episode (scripts/collect_metaworld.py)
 _OPEN_DATASETS: dict = {}
 _READERS: dict[tuple, VideoReader] = {}  # open videos of this process by (path, mtime, size), most recent last
 _MAX_READERS = 8
@@ -77,6 +78,7 @@ class LeRobotSource:
         self.cameras = [k for k in meta.camera_keys]
         self.state_names = _names(meta.features.get("observation.state"))
         self.action_names = _names(meta.features.get("action"))
+        self.layout_names = _names(meta.features.get(LAYOUT))
         self.robot_type = meta.robot_type or "default"
         n = meta.total_episodes
         bad = [i for i in episodes or [] if not 0 <= i < n]
@@ -97,7 +99,8 @@ class LeRobotSource:
             from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
             ds = LeRobotDataset(self.repo_id, root=self.root, revision=self.revision, video_backend="pyav")
-            columns = [c for c in ("timestamp", "observation.state", "action", *ds.meta.image_keys) if c in ds.features]
+            columns = [c for c in ("timestamp", "observation.state", "action", LAYOUT, *ds.meta.image_keys)
+                       if c in ds.features]  # fmt: skip
             ep_columns = ["dataset_from_index", "dataset_to_index", "tasks",
                           *[f"videos/{k}/from_timestamp" for k in ds.meta.video_keys]]  # fmt: skip
             _OPEN_DATASETS[key] = _Opened(ds, ds.hf_dataset.select_columns(columns).with_format("numpy"),
@@ -130,6 +133,7 @@ class LeRobotSource:
         if not task:
             raise EpisodeError("episode has no task string: pass --task", file=str(self), episode=ref.index)
         return Episode(
+            layout=self._layout(rows, ref.index),
             frames=frames,
             state=np.asarray(rows["observation.state"], dtype=np.float32),
             action=np.asarray(rows["action"], dtype=np.float32) if "action" in rows else None,
@@ -141,6 +145,17 @@ class LeRobotSource:
             state_names=self.state_names,
             action_names=self.action_names,
         )
+
+    def _layout(self, rows, episode: str) -> dict | None:
+        """The `layout` feature (scripts/collect_metaworld.py: [MT1 seed, layout index]) as {name: int}; one per
+        episode, so every frame must carry the same."""
+        if LAYOUT not in rows:
+            return None
+        values = np.asarray(rows[LAYOUT]).reshape(len(rows[LAYOUT]), -1)
+        if len(values) == 0 or (values != values[0]).any():
+            raise EpisodeError(f"the {LAYOUT!r} feature changes within the episode", file=str(self), episode=episode)
+        names = self.layout_names or [str(i) for i in range(values.shape[1])]
+        return {name: int(v) for name, v in zip(names, values[0], strict=True)}
 
     @staticmethod
     def _video_frames(video: Path, times: np.ndarray, tolerance: float, episode: str,
