@@ -63,9 +63,13 @@ class EpisodeWindowDataset(torch.utils.data.Dataset):
         latents: bool = False,
         mix_by: str = "frames",
         warn_short: bool = True,
+        shift: int = 0,
     ) -> None:
         if window_len < 1 or stride < 1:
             raise UsageError(f"window_len and stride must be >= 1, got {window_len} and {stride}")
+        if shift < 0 or (shift and latents):
+            raise UsageError(f"shift={shift}: random shifts move frames by 0 or more pixels, and not latents")
+        self.shift = shift
         if not 0 <= rank < world_size:
             raise UsageError(f"rank {rank} is outside world_size {world_size}")
         specs = [s if isinstance(s, StoreSpec) else StoreSpec(s) for s in _as_list(stores)]
@@ -167,7 +171,10 @@ class EpisodeWindowDataset(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> dict:
         s, info, start = self.locate(index)
         key = self.sample_key(index)
-        return {**self.read_window(s, info, start), "key": key - 2**64 if key >= 2**63 else key}  # as int64
+        item = self.read_window(s, info, start)
+        if self.shift:
+            item["frames"] = random_shift(item["frames"], self.shift, np.random.default_rng(key))
+        return {**item, "key": key - 2**64 if key >= 2**63 else key}  # as int64
 
     def read_window(self, s: int, info: EpisodeInfo, start: int) -> dict:
         k, stride = self.window_len, self.stride
@@ -234,3 +241,13 @@ def _mix(x: int) -> int:
     x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
     x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
     return x ^ (x >> 31)
+
+
+def random_shift(frames: torch.Tensor, pad: int, rng: np.random.Generator) -> torch.Tensor:
+    """Frames [C, T, H, W, 3] with each camera's view moved by up to `pad` pixels in x and y (edges repeated), the
+    same move for every frame of the window, so motion between frames is kept (DrQ's random shift, the
+    augmentation that lets visual policies learn from a few demonstrations)."""
+    c, _, h, w, _ = frames.shape
+    padded = np.pad(frames.numpy(), ((0, 0), (0, 0), (pad, pad), (pad, pad), (0, 0)), mode="edge")
+    dy, dx = rng.integers(0, 2 * pad + 1, size=(2, c))
+    return torch.from_numpy(np.stack([padded[i, :, dy[i] : dy[i] + h, dx[i] : dx[i] + w] for i in range(c)]))

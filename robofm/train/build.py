@@ -33,7 +33,7 @@ def build_datasets(cfg: TrainConfig, rank: int = 0,
     common = dict(window_len=cfg.sequence.window_len, stride=cfg.sequence.stride, cameras=cfg.data.cameras,
                   latents=latents, mix_by=cfg.data.mix_by)  # fmt: skip
     train = EpisodeWindowDataset(specs, split="train", seed=cfg.seed, samples_per_epoch=cfg.data.samples_per_epoch,
-                                 rank=rank, world_size=world_size, **common)  # fmt: skip
+                                 rank=rank, world_size=world_size, shift=cfg.data.shift, **common)  # fmt: skip
     if train.samples_per_epoch < cfg.data.batch_size * world_size:  # an epoch without one batch would loop forever
         raise UsageError(f"an epoch of {train.samples_per_epoch} samples holds no batch of data.batch_size="
                          f"{cfg.data.batch_size} x {world_size} processes: lower the batch size or add data "

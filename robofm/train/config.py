@@ -41,9 +41,11 @@ class DataConfig:
     num_workers: int = 2
     samples_per_epoch: int | None = None
     val_batches: int = 4
+    shift: int = 0  # random-shift augmentation of training windows: each camera moves up to this many pixels
 
     def __post_init__(self) -> None:
         _check("data.batch_size", self.batch_size, self.batch_size >= 1, ">= 1")
+        _check("data.shift", self.shift, self.shift >= 0, ">= 0")
         _check("data.num_workers", self.num_workers, self.num_workers >= 0, ">= 0")
         _check("data.samples_per_epoch", self.samples_per_epoch,
                self.samples_per_epoch is None or self.samples_per_epoch >= 1, "null or >= 1")  # fmt: skip
@@ -88,7 +90,7 @@ class OptimConfig:
     decay_fraction: float = 0.2
     grad_clip: float = 1.0
     accumulation: int = 1
-    ema: float = 0.0  # 0: off; else the decay of an exponential moving average of the weights
+    ema: float = 0.0  # 0: off; else the decay of an exponential moving average of the weights (warmed up: loop.ema_decay)
 
     def __post_init__(self) -> None:  # a bad schedule would otherwise surface only when the warmup ends
         _one_of("optim.schedule", self.schedule, ("cosine", "wsd", "constant"))

@@ -114,3 +114,35 @@ def test_action_free_episodes_have_an_empty_action_mask(tmp_path):
     ds = EpisodeWindowDataset(root, 2, 2, split=None)
     item = next(ds[i] for i in range(len(ds)) if ds.locate(i)[1].id == "ep-000001")
     assert not item["action_mask"].any() and (item["actions"] == 0).all() and item["actions"].shape == (2, 2, 2)
+
+
+def test_random_shift_moves_each_camera_alike_in_every_frame_of_a_window():
+    """data.shift: each camera's view moves by up to `pad` pixels (edges repeated), one move for the whole window,
+    so the motion between its frames is unchanged; the same generator state gives the same move."""
+    from robofm.data.dataset import random_shift
+
+    y, x = np.mgrid[0:12, 0:12]
+    t = np.arange(4)[:, None, None]
+    one = (20 * y + x + 7 * t).astype(np.uint8)  # [T, H, W]: every pixel of every frame tells where it is
+    frames = torch.from_numpy(np.stack([one, one + 3])[..., None].repeat(3, -1))  # [C=2, T, H, W, 3]
+    out = random_shift(frames, 2, np.random.default_rng(5))
+    assert out.shape == frames.shape and out.dtype == torch.uint8
+    assert torch.equal(out, random_shift(frames, 2, np.random.default_rng(5)))
+    for c in range(2):
+        moves = [(dy, dx) for dy in range(-2, 3) for dx in range(-2, 3)
+                 if torch.equal(out[c, :, 2:10, 2:10], frames[c, :, 2 + dy : 10 + dy, 2 + dx : 10 + dx])]  # fmt: skip
+        assert len(moves) == 1  # one move, shared by all 4 frames
+    assert not torch.equal(out, frames) or not torch.equal(random_shift(frames, 2, np.random.default_rng(6)), frames)
+
+
+def test_training_windows_are_shifted_by_their_sample_key_and_validation_is_not(store_factory):
+    from robofm.data.dataset import random_shift
+
+    store = store_factory(n=2, length=20)
+    plain = EpisodeWindowDataset(store, window_len=2, stride=2, split=None, seed=3)
+    shifted = EpisodeWindowDataset(store, window_len=2, stride=2, split=None, seed=3, shift=2)
+    for i in range(5):
+        key = plain.sample_key(i)
+        assert torch.equal(shifted[i]["frames"], random_shift(plain[i]["frames"], 2, np.random.default_rng(key)))
+    with pytest.raises(UsageError, match="shift=-1"):
+        EpisodeWindowDataset(store, window_len=2, stride=2, split=None, shift=-1)

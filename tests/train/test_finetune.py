@@ -124,8 +124,8 @@ def test_a_fine_tuned_export_is_a_policy_of_the_embodiment_it_was_fine_tuned_on(
 
 
 def test_the_finetune_recipe_runs_and_exports_its_best_validation(base, tmp_path):
-    """experiment=finetune (sized down to a few debug steps) validates every step and exports the weights of the
-    lowest val/action, which RUN/best/ holds, not the last step's."""
+    """experiment=finetune composes and runs (sized down to a few debug steps); with trainer.select=val_action
+    the export holds the weights of the lowest val/action, which RUN/best/ keeps, not the last step's."""
     import json
 
     from safetensors.torch import load_file
@@ -133,16 +133,17 @@ def test_the_finetune_recipe_runs_and_exports_its_best_validation(base, tmp_path
     from tests.train.conftest import compose_config
 
     cfg, _ = compose_config(["experiment=finetune"])
-    assert (cfg.trainer.select, cfg.optim.ema, cfg.optim.lr, cfg.model.size) == ("val_action", 0.99, 3e-4, "tiny")
+    assert (cfg.trainer.select, cfg.optim.ema, cfg.optim.lr, cfg.model.size) == ("last", 0.99, 3e-4, "tiny")
     base_dir, _ = base
     store = make_store(tmp_path / "store", n=6, length=16, embodiment="biarm", state_dim=5, action_dim=4,
                        val_fraction=0.5)  # fmt: skip
     small = ["tokenizer.patch_size=4", "sequence.window_len=2", "sequence.text_len=16", "data.batch_size=4",
              "data.num_workers=0", "data.val_batches=2", "trainer.tensorboard=false", "trainer.precision=fp32",
              "trainer.max_steps=6", "trainer.val_every=1", "trainer.checkpoint_every=0", "optim.warmup_steps=1",
-             "optim.lr=3e-2"]  # fmt: skip
+             "optim.lr=3e-2", "trainer.select=val_action", "data.shift=2"]  # fmt: skip
     run = tmp_path / "run"
-    train_in_process(run, ["experiment=finetune", f"init_from={base_dir}", f"data.path={store}", *small])
+    trainer = train_in_process(run, ["experiment=finetune", f"init_from={base_dir}", f"data.path={store}", *small])
+    assert trainer.train_ds.shift == 2 and trainer.val_ds.shift == 0  # validation scores unshifted windows
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     val = {r["step"]: r["val/action"] for r in rows if "val/action" in r}
     assert sorted(val) == [1, 2, 3, 4, 5, 6]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import shutil
 
+import pytest
 import torch
 
 from robofm.models.pretrained import from_pretrained
@@ -56,6 +57,17 @@ def test_ema_weights_are_exported_when_kept(tmp_path, tiny_store):
     for name in trainer.model.state_dict():
         assert torch.equal(exported[name], trainer.ema[name])
     assert any(not torch.equal(exported[n], w) for n, w in trainer.model.state_dict().items())
+
+
+def test_the_ema_decay_warms_up_so_a_fine_tune_forgets_its_start_within_tens_of_steps():
+    from robofm.train.loop import ema_decay
+
+    assert ema_decay(0.99, 0) == pytest.approx(0.1) and ema_decay(0.99, 50) == pytest.approx(51 / 60)
+    assert ema_decay(0.99, 10_000) == 0.99 and ema_decay(0.5, 100) == 0.5
+    weight_of_start = 1.0
+    for step in range(1, 51):  # the start's share of the EMA after 50 updates (the first one copies the weights)
+        weight_of_start *= ema_decay(0.99, step)
+    assert weight_of_start < 0.01 < 0.99**50
 
 
 def test_an_adaln_run_exports_and_loads_back_conditioned(tmp_path, tiny_store):
