@@ -110,12 +110,14 @@ def plot(results: dict, path: Path) -> None:
             steps = sorted(r["val"])
             k, n = r["sim"]["execute=2 (the chunk)"]["successes"], r["sim"]["execute=2 (the chunk)"]["episodes"]
             ax.plot(steps, [r["val"][s] for s in steps], marker=".", label=f"{name}: {k}/{n} succeed")
-            ax.scatter([r["selected"]["step"]], [r["selected"]["val/action"]], marker="*", s=90, zorder=3)
+            if r["selected"]["step"] in r["val"]:
+                ax.scatter([r["selected"]["step"]], [r["val"][r["selected"]["step"]]], marker="*", s=90, zorder=3)
         ax.set_title(task, fontsize=10)
         ax.set_xlabel("fine-tuning step")
         ax.set_ylabel("held-out action loss (nats)")
         ax.legend(fontsize=8)
-    fig.suptitle("experiment=finetune: held-out action loss (star: the exported step) and sim success", fontsize=10)
+    fig.suptitle("experiment=finetune: held-out action loss (star: the exported step), success on held-out layouts",
+                 fontsize=10)  # fmt: skip
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
@@ -155,7 +157,12 @@ def main() -> None:
         jobs.append((args.tasks[0], HIDDEN, args.base.resolve()))
     with ThreadPoolExecutor(args.parallel) as pool:
         futures = {(t, n): pool.submit(arm, t, n, b, stores[t], args.out, args, threads) for t, n, b in jobs}
-        results = {t: {n: f.result() for (t2, n), f in futures.items() if t2 == t} for t in args.tasks}
+        results = {t: {} for t in args.tasks}
+        for (t, n), f in futures.items():
+            try:
+                results[t][n] = f.result()
+            except Exception as e:  # noqa: BLE001 -- one failed arm must not lose the others' table
+                print(f"{t} / {n} failed: {e}", file=sys.stderr)
     (args.out / "results.json").write_text(json.dumps(results, indent=1))
     plot(results, REPO / "benchmarks" / "finetune.png")
 
@@ -169,17 +176,19 @@ def main() -> None:
              f"(robofm {robofm_revision()}, {cpu_name()}, 2 cores; load average {load_start} at the start, "
              f"{load_now()} at the end; {args.parallel} arm(s) at a time"
              + (", one thread each" if threads else "") + ").", "",
-             "| task | demos (train + val) | arm | steps | exported step (val action loss) | train min | "
+             "| task | demos (train + val) | arm | steps | val action loss: lowest (step), exported | train min | "
              f"success on {args.episodes} held-out layouts |", "|---|---|---|---:|---:|---:|---|"]  # fmt: skip
     for t in args.tasks:
         n_val = sum(e["split"] == "val" for e in counts[t])
         for name, r in results[t].items():
             minutes = f"{r['train_s'] / 60:.1f}" if r["train_s"] else "-"
+            low = min(r["val"], key=r["val"].get)
+            exported = f"{r['val'][r['selected']['step']]:.3f}" if r["selected"]["step"] in r["val"] else "-"
             lines.append(f"| {t} | {len(counts[t]) - n_val} + {n_val} | {name} | {r['steps']} | "
-                         f"{r['selected']['step']} ({r['selected']['val/action']:.3f}) | {minutes} | "
+                         f"{r['val'][low]:.3f} ({low}), {exported} | {minutes} | "
                          f"{ci(r['sim']['execute=2 (the chunk)'])} |")  # fmt: skip
     lines += ["", "![held-out action loss of each arm, and its success](finetune.png)"]
-    if args.choices:
+    if args.choices and "pretrained" in results[args.tasks[0]]:
         first = results[args.tasks[0]]["pretrained"]["sim"]
         lines += ["", f"Closed-loop settings of the pretrained policy on {args.tasks[0]} (the same export and "
                   "layouts):", "", "| setting | success |", "|---|---|"]  # fmt: skip

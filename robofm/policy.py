@@ -36,6 +36,7 @@ class Policy:
         pre = from_pretrained(path, device)
         self.model, self.builder = pre.model, pre.builder
         self.trained_stores = pre.stores  # every store that trained it (robofm-eval-sim holds out their layouts)
+        self.trained_stores_known = pre.stores_known
         names = self.builder.embodiments
         trained = pre.trained_on.get("embodiments") or names  # a fine-tuned export: the data it was fine-tuned on
         if embodiment is None and len(trained) > 1:
@@ -58,7 +59,7 @@ class Policy:
         span = (self.k - 1) * self.stride + 1
         self.frames: deque[np.ndarray] = deque(maxlen=span)  # [C, H, W, 3] per control step
         self.states: deque[np.ndarray] = deque(maxlen=span)
-        self.executed: deque[np.ndarray] = deque(maxlen=span)  # the action sent at each step
+        self.executed: deque[np.ndarray] = deque(maxlen=span - 1)  # the action sent at each step (the last frame's is next)
         self.queue: deque[np.ndarray] = deque()
         self.predictions: deque[tuple[int, np.ndarray]] = deque()  # (step it was made, chunk) for ensembling
         self.t = 0

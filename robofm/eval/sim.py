@@ -65,6 +65,8 @@ def wilson(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
 def train_stores(given: tuple[str, ...], recorded: list[str], policy: str) -> list[str] | None:
     """The stores whose layouts are held out: `given` paths, none, or (auto) those the policy's export records;
     None where auto finds no record. UsageError for a store that is not on disk."""
+    if not given or (len(given) > 1 and {"auto", "none"} & set(given)):
+        raise UsageError(f"train_store={','.join(given)}: give auto, none, or store paths")
     if tuple(given) == ("none",):
         return []
     if tuple(given) == ("auto",):
@@ -111,14 +113,14 @@ def held_out_layouts(task: str, seed: int, n: int, used: set[tuple[int, int]]) -
     from robofm.sim.metaworld import mt1_layouts
 
     chosen, skipped = [], 0
-    for s in range(seed, seed + 1000):
+    for s in range(seed, seed + len(used) // 50 + 1 + n):  # at most this many seeds hold n unused layouts
         for index, layout in enumerate(mt1_layouts(task, s)):
-            if len(chosen) == n:
-                return chosen, skipped
             if (s, index) in used:
                 skipped += 1
             else:
                 chosen.append(((s, index), layout))
+            if len(chosen) == n:
+                return chosen, skipped
     return chosen, skipped
 
 
@@ -128,6 +130,8 @@ def evaluate(cfg: SimEvalConfig, console: Console) -> dict:
     before the policy is loaded)."""
     if cfg.env != "metaworld":
         raise UsageError(f"env={cfg.env}: only metaworld is available")
+    if cfg.episodes < 1 or cfg.max_steps < 1:
+        raise UsageError(f"episodes={cfg.episodes}, max_steps={cfg.max_steps}: both must be >= 1")
     from robofm.sim import metaworld as mw
 
     mw.find_backend()
@@ -144,14 +148,18 @@ def evaluate(cfg: SimEvalConfig, console: Console) -> dict:
     env, repeat = mw.make_env(cfg.task, fps, cfg.max_steps)
     instruction = mw.INSTRUCTIONS[cfg.task]
     stores = train_stores(cfg.train_store, policy.trained_stores, cfg.policy)
+    if stores and tuple(cfg.train_store) == ("auto",) and not policy.trained_stores_known:
+        console.print(f"[yellow]warning:[/yellow] {cfg.policy} was fine-tuned from a base that does not record its "
+                      "training stores: only the fine-tuning stores' layouts are held out; add the base's with "
+                      "train_store=STORE,...")  # fmt: skip
     if stores is None:
         console.print(f"[yellow]warning:[/yellow] {cfg.policy} does not record its training stores (an older "
                       "export or a checkpoint): layouts are not checked against training; pass train_store=STORE")
     used = used_layouts(stores or [], instruction)
     layouts, skipped = held_out_layouts(cfg.task, cfg.seed, cfg.episodes, used)
     if stores:
-        console.print(f"held-out layouts: skipped {skipped} MT1 layouts that {len(used)} training episodes of "
-                      f"{cfg.task} in {len(stores)} store(s) used")  # fmt: skip
+        console.print(f"held-out layouts: skipped {skipped} of the {len(used)} MT1 layouts that training episodes "
+                      f"of {cfg.task} in {len(stores)} store(s) used")  # fmt: skip
     renderer = mw.Renderer(env, cameras, cfg.render_size)
     out = Path(cfg.out or Path("outputs") / "eval_sim" / cfg.task)
     out.mkdir(parents=True, exist_ok=True)

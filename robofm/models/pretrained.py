@@ -51,7 +51,13 @@ class Pretrained:
     @property
     def stores(self) -> list[str]:
         """Every store that trained this model: its own and, for a fine-tuned model, its base's."""
-        return list(dict.fromkeys(self.trained_on.get("stores", []) + self.trained_on.get("base_stores", [])))
+        return list(dict.fromkeys(self.trained_on.get("stores", []) + (self.trained_on.get("base_stores") or [])))
+
+    @property
+    def stores_known(self) -> bool:
+        """Whether `stores` is every store behind the model: False for an export without trained_on.json (older
+        ones, checkpoints) and for a fine-tune of such a base (its base_stores are null)."""
+        return bool(self.trained_on) and self.trained_on.get("base_stores", []) is not None
 
 
 def export(directory: Path, model: RobofmModel, builder: SequenceBuilder, diffusion: FrameDiffusion,

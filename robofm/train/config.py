@@ -164,6 +164,8 @@ class TrainConfig:
     def __post_init__(self) -> None:  # accumulation splits the batch into equal micro-batches
         _check("data.batch_size", self.data.batch_size, self.data.batch_size % self.optim.accumulation == 0,
                f"a multiple of optim.accumulation={self.optim.accumulation}")  # fmt: skip
+        _check("trainer.select", self.trainer.select, not (self.trainer.select == "val_action" and self.optim.ema),
+               "last with optim.ema > 0 (the validation scores the raw weights, not the EMA that would be kept)")  # fmt: skip
         _check("optim.ema", self.optim.ema, not (self.finetune.mode == "lora" and self.optim.ema),
                "0 with finetune.mode=lora (the export merges the adapters of the trained weights)")  # fmt: skip
 

@@ -17,6 +17,7 @@ from omegaconf import OmegaConf
 from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader
 
+from robofm.data.store import write_json_atomic
 from robofm.models.pretrained import export, from_pretrained, latest_checkpoint, resolve_checkpoint
 from robofm.models.robofm import RobofmModel
 from robofm.objectives.objective import Objective
@@ -62,7 +63,7 @@ class Trainer:
         self.train_ds, self.val_ds = build_datasets(cfg, self.dist.rank, self.dist.world_size)
         fit_ds = build_datasets(cfg)[0] if self.dist.distributed else self.train_ds  # one tokenization for all ranks
         base = from_pretrained(cfg.init_from) if cfg.init_from else None  # fine-tuning: robofm.train.finetune
-        self.base_stores = base.stores if base is not None else []
+        self.base_stores = (base.stores if base.trained_on else None) if base is not None else []  # None: unknown
         # a resumed run keeps the tokenization of the run it resumes (a FAST fit on other data would differ)
         saved = resume.parent.parent / "tokenization" if resume else None
         if base is not None and saved is None:
@@ -89,10 +90,11 @@ class Trainer:
         self.guard = SpikeGuard(cfg.trainer.guard)
         self.pos = Position()
         self.ema = None
-        self.best = self._read_best() if resume else None  # trainer.select: the best validation so far
+        self.best = None  # trainer.select=val_action: the best validation so far (a resumed run reads it back)
         checkpoint = load_checkpoint(resume) if resume else None  # read once: weights and state, then optimizer
         if checkpoint:
             self._load(resume, checkpoint)
+            self.best = parallelize.broadcast(self._read_best(), self.dist)  # rank 0's file: one choice for all
         self.train_model = parallelize.wrap(self.model, cfg.trainer, self.dist)
         self.ema = parallelize.shard_like(self.ema, self.model)
         self.optimizer = build_optimizer(self.model, cfg.optim)
@@ -218,6 +220,8 @@ class Trainer:
         checkpoint = load_checkpoint(path)
         self._load(path, checkpoint)
         self._load_optimizer(checkpoint)
+        if self.best is not None and self.best["step"] > self.pos.step:  # chosen on the path the rollback left
+            self.best = None
         self.pos.skip |= skip
         self.guard.skips.clear()  # the skips that led here are answered: their batches are set aside
         self.logger.event({"step": self.pos.step, "event": "rollback", "to": str(path), "skip_batches": sorted(skip)})
@@ -330,13 +334,15 @@ class Trainer:
             save_file({k: v.detach().float().contiguous() for k, v in weights.items()},
                       str(best / "model.safetensors.tmp"))  # fmt: skip
             os.replace(best / "model.safetensors.tmp", best / "model.safetensors")
-            (best / "best.json").write_text(json.dumps(self.best))
+            write_json_atomic(best / "best.json", self.best)
 
     def _read_best(self) -> dict | None:
+        """RUN/best/best.json, unless it is from beyond the resumed step (a path the run abandoned)."""
         path = self.run_dir / BEST / "best.json"
         if self.cfg.trainer.select == "last" or not path.is_file():
             return None
-        return json.loads(path.read_text())
+        best = json.loads(path.read_text())
+        return best if best["step"] <= self.pos.step else None
 
     @torch.no_grad()
     def _update_ema(self) -> None:

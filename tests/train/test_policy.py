@@ -77,3 +77,19 @@ def test_execute_replans_sooner_and_hidden_past_actions_reach_the_sampler(export
     assert len(calls) == 5 and all(c["hide_past_actions"] is True for c in calls) and actions[0].shape == (2,)
     with pytest.raises(UsageError, match="execute 1 to 2"):
         robofm.load_policy(export, execute=3)
+
+
+def test_the_past_chunks_are_the_actions_executed_between_the_observations(export, monkeypatch):
+    """Once the history is full, the chunk between two observations is the actions sent at their steps: the
+    observation of step a and the actions of steps a .. a + stride - 1."""
+    import robofm.policy as module
+
+    batches = []
+    real = module.predict_action_chunk
+    monkeypatch.setattr(module, "predict_action_chunk", lambda *a, **k: batches.append(a[2]) or real(*a, **k))
+    policy = robofm.load_policy(export, execute=1)
+    sent = [policy.select_action(observation(t)) for t in range(9)]
+    s = policy.stride
+    for t in range(2 * s, 9):  # step t predicts from the observations of steps t - s and t (window_len 2)
+        np.testing.assert_array_equal(batches[t]["state"][0, :, 0].numpy(), [t - s, t])
+        np.testing.assert_array_equal(batches[t]["actions"][0, 0].numpy(), np.stack(sent[t - s : t]))

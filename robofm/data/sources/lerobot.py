@@ -151,8 +151,9 @@ class LeRobotSource:
         episode, so every frame must carry the same."""
         if LAYOUT not in rows:
             return None
-        values = np.asarray(rows[LAYOUT]).reshape(len(rows[LAYOUT]), -1)
-        if len(values) == 0 or (values != values[0]).any():
+        column = list(rows[LAYOUT])  # one array per frame (an object array when the table formats it so)
+        values = np.stack([np.asarray(v, dtype=np.int64).reshape(-1) for v in column]) if column else None
+        if values is None or (values != values[0]).any():
             raise EpisodeError(f"the {LAYOUT!r} feature changes within the episode", file=str(self), episode=episode)
         names = self.layout_names or [str(i) for i in range(values.shape[1])]
         return {name: int(v) for name, v in zip(names, values[0], strict=True)}
