@@ -144,8 +144,11 @@ def main() -> None:
     p.add_argument("--write-results", action="store_true")
     args = p.parse_args()
     args.tasks = [t for t in args.tasks.split(",") if t]
-    started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    load_start = load_now()
+    args.out.mkdir(parents=True, exist_ok=True)
+    first = args.out / "started.json"  # a rerun that only gathers finished arms reports the first run's start
+    if not first.is_file():
+        first.write_text(json.dumps({"at": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "load": load_now()}))
+    started, load_start = json.loads(first.read_text()).values()
     arms = {"pretrained": args.base.resolve(), "scratch": None}
     if args.base_noframe:
         arms[NOFRAME] = args.base_noframe.resolve()
@@ -168,7 +171,7 @@ def main() -> None:
 
     counts = {t: json.loads((stores[t] / "manifest.json").read_text())["episodes"] for t in args.tasks}
     lines = [SECTION, "",
-             f"Measured {started} with `.venv/bin/python benchmarks/finetune.py --base {args.base}"
+             f"Started {started} with `.venv/bin/python benchmarks/finetune.py --base {args.base}"
              + (f" --base-noframe {args.base_noframe}" if args.base_noframe else "")
              + f" --tasks {','.join(args.tasks)} --demos {args.demos} --episodes {args.episodes} --max-steps "
              f"{args.max_steps} --parallel {args.parallel}{' --choices' if args.choices else ''}"
