@@ -87,7 +87,6 @@ INSTRUCTIONS = {
     "window-open-v3": "open the window",
 }
 TASKS = sorted(INSTRUCTIONS)
-TASK_OF_INSTRUCTION = {text: task for task, text in INSTRUCTIONS.items()}
 
 # Cameras. MetaWorld's fixed "corner*" cameras render upside down (their up axis points at the floor), so their
 # images are rotated by 180 degrees (both axes flipped: a rotation, not a mirror). "corner2" is moved to
