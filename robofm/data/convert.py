@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 import time
 from collections import Counter, deque
 from collections.abc import Iterator
@@ -24,7 +25,7 @@ from rich.table import Table
 
 from robofm.data import quality as q
 from robofm.data.episode import Episode, content_hash, resample, resize_frames
-from robofm.data.sources.base import EpisodeRef, Source
+from robofm.data.sources.base import FPS, EpisodeRef, Source, number
 from robofm.data.store import QUALITY, EpisodeStore, StoreWriter, split_from_hash, task_hash, write_json_atomic
 from robofm.errors import EpisodeError, RobofmError, StoreError, UsageError
 from robofm.tokenizers.image import LatentTokenizer
@@ -237,6 +238,17 @@ def _admit(p: Prepared, writer: StoreWriter | None, preexisting: set[str], seen:
                                               f"{sorted(writer.cameras)}; choose them with --cameras")))  # fmt: skip
     if p.episode is None:
         return _failed(entry, p.error, summary, console)
+    try:
+        return _write(p, writer, preexisting, seen, opts, summary, entry)
+    except Exception as e:  # noqa: BLE001 -- numpy, h5py or the stats on unforeseen input: this episode's failure
+        error = e if isinstance(e, EpisodeError) else ep.fail(f"cannot be written: {type(e).__name__}: {e}")
+        return _failed(entry, str(error), summary, console)
+
+
+def _write(p: Prepared, writer: StoreWriter, preexisting: set[str], seen: q.Seen, opts: ConvertOptions,
+           summary: Summary, entry: dict) -> dict | None:  # fmt: skip
+    """Write one episode that passed every check; its quality.json entry (None: the store already has it)."""
+    ep = p.episode
     if p.content_hash in preexisting:
         summary.skipped_existing += 1  # --append of an episode the store already has: its verdict stands
         return None
@@ -251,10 +263,7 @@ def _admit(p: Prepared, writer: StoreWriter | None, preexisting: set[str], seen:
             if ep.latents is not None:  # rare (native resolution only), so done here rather than in a worker
                 ep.latents[cam] = encode_latents(ep.frames[cam], opts.latents)
     split_key = task_hash(ep.task) if opts.split_by == "task" else p.content_hash
-    try:
-        info = writer.add(ep, p.content_hash, ep.split or split_from_hash(split_key, opts.val_fraction))
-    except EpisodeError as e:
-        return _failed(entry, str(e), summary, console)
+    info = writer.add(ep, p.content_hash, ep.split or split_from_hash(split_key, opts.val_fraction))
     seen.add(info.id, p.content_hash, p.fingerprint)
     summary.kept += 1
     summary.frames += ep.length
@@ -356,10 +365,17 @@ def _resolution(text: str) -> tuple[int, int] | None:
     return h, w
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """Usage errors as one line naming the option (exit 2), not the whole usage text first."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from robofm.data.sources import SOURCE_MODULES, source_module
 
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="robofm-convert",
         description="Convert robot episodes into a robofm episode store (HDF5 shards + manifest.json, stats.json, "
         "quality.json). Exit status: 0 all episodes kept or deliberately dropped, 3 some failed, 1 none converted, "
@@ -379,11 +395,12 @@ def build_parser() -> argparse.ArgumentParser:
         common.add_argument("--resize-mode", choices=["crop", "pad", "stretch"], default="crop",
                             help="crop: centre-crop to the target aspect (default); pad: letterbox with black, "
                                  "nothing cut; stretch: ignore the aspect ratio")  # fmt: skip
-        common.add_argument("--fps", type=float, help="store frame rate; episodes are resampled by timestamp "
-                            "(frames: nearest, state/action: linear). Default: the source's rate")  # fmt: skip
+        common.add_argument("--fps", type=FPS, help="store frame rate; episodes are resampled by timestamp "
+                            "(frames: nearest, state/action: linear), 1 to 1000. Default: the source's rate")  # fmt: skip
         common.add_argument("--cameras", type=lambda s: s.split(","), help="comma-separated cameras to keep")
-        common.add_argument("--workers", type=int, default=1, help="processes decoding episodes in parallel")
-        common.add_argument("--shard-size", type=float, default=1024, metavar="MB",
+        common.add_argument("--workers", type=number(int, 1, 256), default=1,
+                            help="processes decoding episodes in parallel (1 to 256)")  # fmt: skip
+        common.add_argument("--shard-size", type=number(float, 0, lo_open=True), default=1024, metavar="MB",
                             help="start a new shard after this many MB of raw frames (default 1024)")  # fmt: skip
         common.add_argument("--compression", choices=["none", "lzf", "gzip"], default="none",
                             help="frame compression in the shards: none (default, fastest to read and write), "
@@ -399,8 +416,9 @@ def build_parser() -> argparse.ArgumentParser:
         mode.add_argument("--append", action="store_true",
                           help="add to an existing store, skipping episodes whose content hash it already has")  # fmt: skip
         common.add_argument("--strict", action="store_true", help="stop at the first episode that fails")
-        common.add_argument("--val-fraction", type=float, default=0.1,
-                            help="share of episodes in the 'val' split, assigned from the content hash")  # fmt: skip
+        common.add_argument("--val-fraction", type=number(float, 0, 1), default=0.1,
+                            help="share of episodes in the 'val' split (0 to 1), assigned from the content "
+                                 "hash")  # fmt: skip
         common.add_argument("--split-by", choices=["hash", "task"], default="hash",
                             help="hash: each episode's split from its content hash (default); task: whole tasks "
                                  "held out, from the task text. Either way adding episodes never moves one")  # fmt: skip
@@ -413,6 +431,18 @@ def build_parser() -> argparse.ArgumentParser:
         filters.add_argument("--dedup-against", type=Path, action="append", default=[], metavar="STORE",
                              help="also drop exact and near duplicates of this store's episodes (repeatable)")
     return parser
+
+
+def check_out(out: Path) -> None:
+    """--out is a folder this process can write in (it is made if missing): UsageError naming why not."""
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} is an existing file, not a folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as e:
+        raise UsageError(f"--out {out} cannot be written: {e.strerror or e}") from None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -431,6 +461,7 @@ def main(argv: list[str] | None = None) -> int:
     )  # fmt: skip
     try:
         opts.quality = q.QualityConfig.from_settings(args.quality, args.keep)
+        check_out(opts.out)
         if opts.mode == "create" and (opts.out / "manifest.json").exists():
             raise UsageError(f"{opts.out} already holds a store: pass --overwrite to replace it or --append to add")
         source = source_module(args.kind).from_args(args)

@@ -28,9 +28,6 @@ class _Histogram:
         self.k0 = 0
         self.width = 0.0
 
-    def _bins(self, x: np.ndarray) -> np.ndarray:
-        return np.floor(x / self.width).astype(np.int64)
-
     def _fit(self, kmin: int, kmax: int) -> None:
         """Move or coarsen the grid until bins kmin..kmax and every occupied bin lie inside it."""
         while True:
@@ -52,11 +49,11 @@ class _Histogram:
         if self.width == 0.0:
             span = float(x.max() - x.min())
             self.width = max(span * (1 + 1e-6) / (BINS - 1), float(np.abs(x).max()) * 1e-9, 1e-12)
-        k = self._bins(x)
-        if k.min() < self.k0 or k.max() >= self.k0 + BINS:
-            self._fit(int(k.min()), int(k.max()))
-            k = self._bins(x)
-        self.counts += np.bincount(k - self.k0, minlength=BINS)
+        kf = np.floor(x / self.width)  # in float64 first: a value far outside the grid overflows int64
+        if kf.min() < self.k0 or kf.max() >= self.k0 + BINS:
+            self._fit(int(kf.min()), int(kf.max()))  # Python ints: any magnitude
+            kf = np.floor(x / self.width)
+        self.counts += np.bincount(kf.astype(np.int64) - self.k0, minlength=BINS)
 
     def _order_statistic(self, i: int, cum: np.ndarray) -> float:
         """Estimate of the i-th smallest value (0-based): it lies in the same bin, so within one width."""

@@ -101,3 +101,50 @@ def test_episode_with_other_dims_for_the_same_embodiment_fails_alone(tmp_path):
     assert "pass a different --embodiment" in quality[1]["message"]
     assert [e.source_index for e in EpisodeStore(tmp_path / "store").episodes] == ["0", "2"]
     assert summary.exit_code == EXIT_PARTIAL
+
+
+def test_an_unforeseen_error_while_writing_fails_only_its_episode(tmp_path, monkeypatch):
+    """Like the store's statistics once did on a wrapped uint64: a bare ValueError from inside the writer."""
+    from robofm.data.store import StoreWriter
+
+    add = StoreWriter.add
+
+    def flaky_add(self, ep, content_hash, split):
+        if ep.source_index == "1":
+            raise ValueError("operands could not be broadcast together")
+        return add(self, ep, content_hash, split)
+
+    monkeypatch.setattr(StoreWriter, "add", flaky_add)
+    summary, quality = run(tmp_path, ["ok", "ok", "ok"])
+    assert [q["status"] for q in quality] == ["kept", "failed", "kept"]
+    assert "episode 1: cannot be written: ValueError: operands could not" in quality[1]["message"]
+    assert summary.exit_code == EXIT_PARTIAL
+    assert [e.source_index for e in EpisodeStore(tmp_path / "store").episodes] == ["0", "2"]
+
+
+@pytest.mark.parametrize("option", [
+    ["--fps", "nan"], ["--fps", "inf"], ["--fps", "-5"], ["--fps", "1e7"], ["--fps", "1e-9"], ["--fps", "ten"],
+    ["--workers", "-3"], ["--workers", "0"], ["--val-fraction", "5"], ["--shard-size", "-1"], ["--shard-size", "nan"],
+    ["--source-fps", "inf"], ["--source-fps", "nan"],
+])  # fmt: skip
+def test_bad_options_are_refused_at_parse_time_in_one_line(tmp_path, capsys, option):
+    from robofm.data.convert import main
+
+    (tmp_path / "src").mkdir()
+    with pytest.raises(SystemExit) as exit_:
+        main(["hdf5", str(tmp_path / "src"), "--layout", "aloha", "--out", str(tmp_path / "out"), *option])
+    err = capsys.readouterr().err.strip()
+    assert exit_.value.code == 2 and len(err.splitlines()) == 1 and option[0] in err, err
+    assert not (tmp_path / "out").exists()
+
+
+def test_out_that_is_a_file_or_unwritable_is_a_usage_error(tmp_path, capsys):
+    from robofm.data.convert import EXIT_USAGE, main
+
+    (tmp_path / "src").mkdir()
+    (tmp_path / "file").write_text("x")
+    argv = ["hdf5", str(tmp_path / "src"), "--layout", "aloha", "--out"]
+    assert main([*argv, str(tmp_path / "file")]) == EXIT_USAGE
+    assert "is an existing file" in " ".join(capsys.readouterr().err.split())  # rich wraps long lines
+    assert main([*argv, str(tmp_path / "file" / "store")]) == EXIT_USAGE  # below a file: cannot be made
+    assert "cannot be written" in " ".join(capsys.readouterr().err.split())

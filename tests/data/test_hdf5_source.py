@@ -293,3 +293,48 @@ def test_bad_source_arguments_exit_2(tmp_path: Path) -> None:
     assert convert(tmp_path / "missing", tmp_path / "o1", "aloha")[0] == 2
     assert convert(tmp_path / "empty", tmp_path / "o2", "aloha")[0] == 2
     assert convert(tmp_path / "src", tmp_path / "o3", "lerobot")[0] == 2
+
+
+def hostile_aloha(src: Path) -> dict[str, str]:
+    """ALOHA files damaged as a hostile user would, beside good ones: name -> what its failure must say."""
+    for i in range(5):
+        write_aloha(src / f"episode_{i}.hdf5", i, compress=i == 3)
+    with h5py.File(src / "episode_1.hdf5", "a") as f:  # declares 2^31 frames, stores none: must not hang
+        del f["observations/images/cam_high"]
+        f.create_dataset("observations/images/cam_high", shape=(2**31, H, W, 3), dtype=np.uint8)
+    with h5py.File(src / "episode_2.hdf5", "a") as f:  # -1 wrapped to uint64
+        del f["action"]
+        f.create_dataset("action", data=np.full((T, 14), 2**64 - 1, np.uint64))
+    with h5py.File(src / "episode_3.hdf5", "a") as f:  # one JPEG row cut short, as by a full disk
+        rows = f["observations/images/cam_high"][:]
+        end = np.flatnonzero(rows[7])[-1]
+        rows[7, end - 8 :] = 0  # still decodes: the lost bytes come back grey
+        f["observations/images/cam_high"][...] = rows
+    return {"episode_1": "declares shape (2147483648, 32, 32, 3)", "episode_2": "beyond the int32 range",
+            "episode_3": "step 7 is a truncated image"}  # fmt: skip
+
+
+def test_hostile_aloha_files_fail_alone_fast(tmp_path: Path) -> None:
+    expected = hostile_aloha(tmp_path / "src")
+    rc, quality = convert(tmp_path / "src", tmp_path / "out", "aloha")
+    status = {q["source_index"]: q for q in quality}
+    assert rc == 3 and {k for k, q in status.items() if q["status"] == "kept"} == {"episode_0", "episode_4"}
+    for name, message in expected.items():
+        assert status[name]["status"] == "failed" and message in status[name]["message"], status[name]
+
+
+def test_dangling_links_and_non_utf8_masks_in_robomimic(tmp_path: Path) -> None:
+    (tmp_path / "src").mkdir()
+    write_robomimic(tmp_path / "src" / "a.hdf5", ["demo_0", "demo_1", "demo_2"], {"train": ["demo_0", "demo_2"]})
+    with h5py.File(tmp_path / "src" / "a.hdf5", "a") as f:
+        f["data/demo_1/obs/robot0_eef_pos_link"] = h5py.SoftLink("/nowhere")  # a low-dim key, read as state
+        f["data/demo_9"] = h5py.ExternalLink("missing.hdf5", "/x")  # listed, and fails alone
+        del f["mask/train"]
+        f.create_dataset("mask/train", data=np.array([b"demo_0", b"\xff\xfe", b"demo_2"], dtype="S"))
+    rc, quality = convert(tmp_path / "src", tmp_path / "out", "robomimic")
+    status = {q["source_index"]: q for q in quality}
+    assert rc == 3 and [status[d]["status"] for d in ("demo_0", "demo_1", "demo_2")] == ["kept", "failed", "kept"]
+    assert "dangling link" in status["demo_1"]["message"] and status["demo_9"]["status"] == "failed"
+    assert status["demo_0"]["notes"] == {"mask_entries_skipped": {"mask/train": 1}}
+    assert {e.source_index: e.split for e in EpisodeStore(tmp_path / "out").episodes} == {"demo_0": "train",
+                                                                                         "demo_2": "train"}

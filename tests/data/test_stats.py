@@ -31,3 +31,17 @@ def test_constant_dimension_and_single_value():
     assert r["q01"] == [5.0, 5.0] and r["q99"] == [5.0, 5.0] and r["std"] == [0.0, 0.0]
     st.update(np.array([[6.0, 5.0]]))
     assert abs(st.result()["q99"][0] - np.quantile(np.r_[np.full(10, 5.0), 6.0], 0.99)) <= st.quantile_error_bound()[0]
+
+
+def test_values_far_outside_the_grid_widen_it_instead_of_overflowing():
+    """A later chunk 1e19 times wider than the first (a wrapped uint64 in a source) grows the bins, exactly."""
+    rng = np.random.default_rng(1)
+    chunks = [rng.normal(size=(100, 2)), np.full((50, 2), 1.8e19) - rng.uniform(0, 1e17, (50, 2))]
+    st = RunningStats()
+    for c in chunks:
+        st.update(c)
+    allx = np.concatenate(chunks)
+    r = st.result()
+    np.testing.assert_array_equal(r["max"], allx.max(0))
+    err = np.abs(np.array(r["q99"]) - np.quantile(allx, 0.99, axis=0))
+    assert (err <= st.quantile_error_bound() * (1 + 1e-6)).all()

@@ -19,7 +19,7 @@ import numpy as np
 import yaml
 
 from robofm.data.episode import FRAME_CHUNK, Episode, resize_chunks
-from robofm.data.sources.base import EpisodeRef
+from robofm.data.sources.base import FPS, EpisodeRef
 from robofm.errors import EpisodeError, UsageError
 
 HELP = "HDF5 episodes: ALOHA/ACT files, robomimic files, or any layout described by a mapping YAML"
@@ -27,6 +27,8 @@ HELP = "HDF5 episodes: ALOHA/ACT files, robomimic files, or any layout described
 LAYOUT_FPS = {"aloha": 50.0, "robomimic": 20.0}  # native rates; --source-fps overrides
 SUFFIXES = (".hdf5", ".h5")
 IMAGE_SUFFIX = "_image"  # robomimic: obs keys holding camera frames
+INT_LIMIT = 2**31  # integers in state or action beyond it are garbage (e.g. -1 wrapped to 2^64 - 1)
+JPEG_SOI, JPEG_EOI, PNG_MAGIC, PNG_END = b"\xff\xd8", b"\xff\xd9", b"\x89PNG", b"IEND\xaeB`\x82"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -38,7 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--task", metavar="TEXT",
                         help="instruction for episodes that carry none (default: the layout's own, else the "
                              "file's folder name with underscores as spaces)")  # fmt: skip
-    parser.add_argument("--source-fps", type=float, metavar="HZ",
+    parser.add_argument("--source-fps", type=FPS, metavar="HZ",
                         help="the files' frame rate, for files without timestamps and as the store's rate unless "
                              "--fps (default: aloha 50, robomimic 20, a mapping's `fps`)")  # fmt: skip
     parser.add_argument("--state-keys", type=lambda s: [k for k in s.split(",") if k], metavar="A,B,C",
@@ -65,8 +67,6 @@ def from_args(args: argparse.Namespace) -> Hdf5Source:
     else:
         raise UsageError(f"--layout must be aloha, robomimic or a mapping .yaml file, got {args.layout!r}")
     if args.source_fps is not None:
-        if args.source_fps <= 0:
-            raise UsageError(f"--source-fps must be positive, got {args.source_fps}")
         fps = args.source_fps
     if fps is None:
         raise UsageError(f"mapping {args.layout} has no `fps`: add it or pass --source-fps")
@@ -176,7 +176,10 @@ class _Reader:
                 raise self.fail(f"missing {full!r}: {here.name!r} is a dataset, not a group")
             if part not in here:
                 raise self.fail(f"missing {full!r}: {here.name!r} has {sorted(here.keys())}")
-            here = here[part]
+            try:
+                here = here[part]
+            except (KeyError, OSError, RuntimeError) as e:  # h5py's words for a dangling soft or external link
+                raise self.fail(f"cannot open {full!r} (a dangling link, or a damaged file): {e}") from e
         return here
 
     def group(self, base: h5py.Group, path: str) -> h5py.Group:
@@ -186,10 +189,36 @@ class _Reader:
         return node
 
     def dataset(self, base: h5py.Group, path: str) -> h5py.Dataset:
+        """The dataset at `path`, after checking that the file stores data for all of its declared shape."""
         node = self.node(base, path)
         if not isinstance(node, h5py.Dataset):
             raise self.fail(f"{node.name!r} is a group holding {sorted(node.keys())}; expected a dataset")
+        self._check_stored(node)
         return node
+
+    def _check_stored(self, ds: h5py.Dataset) -> None:
+        """A declared shape that the file holds no data for (a few KB declaring 2^31 frames) is an error before
+        anything is read: HDF5 would hand back its fill value, chunk after chunk. Metadata only."""
+        if ds.size == 0 or ds.external:
+            return
+        if ds.chunks is None:
+            stored, declared = ds.id.get_storage_size(), ds.size * ds.dtype.itemsize
+            if ds.dtype.kind != "O" and stored < declared:
+                raise self.fail(f"{ds.name!r} declares shape {ds.shape} ({declared} bytes) but the file stores "
+                                f"{stored} bytes of it: truncated or never written")  # fmt: skip
+            return
+        declared = int(np.prod([-(-n // c) for n, c in zip(ds.shape, ds.chunks, strict=True)], dtype=object))
+        stored = ds.id.get_num_chunks()
+        if stored < declared:
+            raise self.fail(f"{ds.name!r} declares shape {ds.shape} but the file stores data for {stored} of its "
+                            f"{declared} chunks: truncated or never written")  # fmt: skip
+
+    def same_length(self, datasets: dict[str, h5py.Dataset]) -> None:
+        """The declared first dimensions of an episode's datasets agree: checked before any of them is read."""
+        lengths = {name: ds.shape[0] if ds.ndim else None for name, ds in datasets.items()}
+        if len(set(lengths.values())) > 1:
+            listed = ", ".join(f"{name} {n}" for name, n in lengths.items())
+            raise self.fail(f"the episode's datasets declare different lengths: {listed}")
 
     def array(self, base: h5py.Group, path: str) -> np.ndarray:
         """A numeric dataset as float32 [T, D] ([T] becomes [T, 1]); NaN/Inf are errors."""
@@ -197,6 +226,10 @@ class _Reader:
         arr = ds[()]
         if arr.dtype.kind not in "biuf":
             raise self.fail(f"{ds.name!r}: expected numbers, got dtype {arr.dtype}")
+        peak = max(abs(int(arr.min())), abs(int(arr.max()))) if arr.dtype.kind in "iu" and arr.size else 0
+        if peak > INT_LIMIT:
+            raise self.fail(f"{ds.name!r}: {arr.dtype} values reach {peak}, beyond the int32 range: a wrapped "
+                            "negative integer or garbage")  # fmt: skip
         if arr.ndim == 1:
             arr = arr[:, None]
         if arr.ndim != 2:
@@ -259,6 +292,8 @@ class _Reader:
             img = cv2.imdecode(buf, cv2.IMREAD_COLOR)  # trailing zero padding is ignored by the decoder
             if img is None:
                 raise self.fail(f"{name!r}: step {first + step} is not a decodable JPEG/PNG image")
+            if not _complete_image(buf):  # the decoder fills a cut-short JPEG with grey and says nothing
+                raise self.fail(f"{name!r}: step {first + step} is a truncated image (no end marker)")
             if images and img.shape != images[0].shape:
                 raise self.fail(f"{name!r}: step {first + step} decodes to {img.shape}, step {first} to {images[0].shape}")
             images.append(img)
@@ -289,6 +324,18 @@ class _Reader:
         return str(value).strip() or None
 
 
+def _complete_image(buf: np.ndarray) -> bool:
+    """Whether an encoded JPEG or PNG ends with its end marker (after ALOHA's zero padding); other formats pass."""
+    head = buf[:4].tobytes()
+    if head.startswith(JPEG_SOI):
+        nonzero = np.flatnonzero(buf)
+        return len(nonzero) > 0 and buf[max(nonzero[-1] - 1, 0) : nonzero[-1] + 1].tobytes() == JPEG_EOI
+    if head == PNG_MAGIC:
+        nonzero = np.flatnonzero(buf)
+        return len(nonzero) > 0 and buf[max(nonzero[-1] - 7, 0) : nonzero[-1] + 1].tobytes() == PNG_END
+    return True
+
+
 def _env_task(f: h5py.File) -> str | None:
     """robomimic's env_args JSON names the environment: "PickPlaceCan" -> "pick place can"."""
     raw = f["data"].attrs.get("env_args") if isinstance(f.get("data"), h5py.Group) else None
@@ -303,21 +350,33 @@ def _env_task(f: h5py.File) -> str | None:
     return re.sub(r"(?<=[a-z0-9])(?=[A-Z])", " ", name).replace("_", " ").lower().strip()
 
 
-def _mask_split(f: h5py.File, demo: str) -> str | None:
-    """robomimic masks: in a mask named val* -> "val", in mask/train -> "train", in none -> None."""
+def _mask_split(f: h5py.File, demo: str) -> tuple[str | None, dict[str, int]]:
+    """robomimic masks: in a mask named val* -> "val", in mask/train -> "train", in none -> None. Also the
+    entries per mask that could not be read as UTF-8 demo names, which were skipped (the rest of the mask counts)."""
     masks = f.get("mask")
     if not isinstance(masks, h5py.Group):
-        return None
-    split = None
-    for name, ds in masks.items():
-        if not isinstance(ds, h5py.Dataset):
+        return None, {}
+    split, skipped = None, {}
+    for name in masks:
+        try:
+            ds = masks[name]
+            if not isinstance(ds, h5py.Dataset):
+                continue
+            entries = np.atleast_1d(ds[()])
+        except Exception:  # noqa: BLE001 -- a damaged or dangling mask: reported, and it names no demo
+            skipped[f"mask/{name}"] = -1
             continue
-        members = {m.decode() if isinstance(m, bytes) else str(m) for m in np.atleast_1d(ds[()])}
+        members = set()
+        for m in entries:
+            try:
+                members.add(m.decode() if isinstance(m, bytes) else str(m))
+            except UnicodeDecodeError:
+                skipped[f"mask/{name}"] = skipped.get(f"mask/{name}", 0) + 1
         if demo in members and name.startswith("val"):
-            return "val"
-        if demo in members and name == "train":
+            split = "val"
+        elif demo in members and name == "train" and split is None:
             split = "train"
-    return split
+    return split, skipped
 
 
 def _folder_task(file: str) -> str:
@@ -365,7 +424,7 @@ class Hdf5Source:
             try:
                 with h5py.File(file, "r") as f:
                     groups = self._groups(_Reader(f, str(file), file.stem))
-            except (OSError, EpisodeError):
+            except Exception:  # noqa: BLE001 -- h5py raises KeyError, RuntimeError, OSError...: load() says which
                 refs.append(EpisodeRef(str(file), file.stem, (str(file), None)))
                 continue
             for g in groups:
@@ -376,10 +435,20 @@ class Hdf5Source:
     def _groups(self, r: _Reader) -> list[str]:
         """Absolute paths of the episode groups in one file, in natural order; EpisodeError when there are none."""
         pattern = self._episode_pattern()
-        level = [r.f]
+        level, broken = [r.f], []  # broken: matching links that do not open (dangling, external): they fail alone
         for part in pattern.split("/"):
-            level = [g[k] for g in level for k in g if fnmatch.fnmatchcase(k, part) and isinstance(g[k], h5py.Group)]
-        names = [g.name for g in level]
+            found = []
+            for g in level:
+                for k in (k for k in g if fnmatch.fnmatchcase(k, part)):
+                    try:
+                        node = g[k]
+                    except (KeyError, OSError, RuntimeError):
+                        broken.append(posixpath.join(g.name, k))
+                        continue
+                    if isinstance(node, h5py.Group):
+                        found.append(node)
+            level = found
+        names = [g.name for g in level] + broken
         if self.layout == "robomimic":
             names = [n for n in names if re.fullmatch(r"demo_\d+", n.rsplit("/", 1)[-1])]
         if not names:
@@ -406,8 +475,8 @@ class Hdf5Source:
                 if self.layout == "robomimic":
                     return self._load_robomimic(r, group)
                 return self._load_mapping(r, group)
-            except OSError as e:  # a damaged dataset inside a file that opened
-                raise r.fail(f"read error: {e}") from e
+            except (OSError, KeyError, RuntimeError, ValueError, TypeError) as e:  # a damaged file that opened
+                raise r.fail(f"read error: {type(e).__name__}: {e}") from e
 
     def _episode(self, r: _Reader, frames: dict[str, np.ndarray], state: tuple[np.ndarray, list[str]],
                  action: np.ndarray | None, timestamp: np.ndarray | None, task: str, **kw) -> Episode:  # fmt: skip
@@ -418,10 +487,13 @@ class Hdf5Source:
 
     def _load_aloha(self, r: _Reader) -> Episode:
         images = r.group(r.f, "observations/images")
-        frames = {cam: r.frames(images, cam) for cam in sorted(images)}
-        if not frames:
+        if not len(images):
             raise r.fail("'/observations/images' holds no camera datasets")
-        state = r.concat(r.group(r.f, "observations"), self.state_keys or ("qpos",))
+        obs, state_keys = r.group(r.f, "observations"), self.state_keys or ("qpos",)
+        r.same_length({**{cam: r.dataset(images, cam) for cam in images}, **{k: r.dataset(obs, k) for k in state_keys},
+                       "action": r.dataset(r.f, "action")})  # fmt: skip
+        frames = {cam: r.frames(images, cam) for cam in sorted(images)}
+        state = r.concat(obs, state_keys)
         action = r.array(r.f, "action")
         task = r.text_attr(r.f, "task") or self.task or _folder_task(r.file)
         return self._episode(r, frames, state, action, None, task, embodiment="aloha")
@@ -434,19 +506,26 @@ class Hdf5Source:
         if not cams:
             raise r.fail(f"no image observations (obs keys ending in {IMAGE_SUFFIX!r}) in {obs.name!r}, which has "
                          f"{keys}: a low-dim robomimic file has no frames; use its image variant")  # fmt: skip
-        frames = {cam: r.frames(obs, k) for cam, k in cams.items()}
-        low_dim = [k for k in keys if k not in cams.values() and isinstance(obs[k], h5py.Dataset) and obs[k].ndim <= 2]
+        low_dim = [k for k in keys if k not in cams.values() and isinstance(node := r.node(obs, k), h5py.Dataset)
+                   and node.ndim <= 2]  # fmt: skip
         if not (self.state_keys or low_dim):
             raise r.fail(f"no low-dimensional obs keys for the state in {obs.name!r}, which has {keys}")
+        r.same_length({**{k: r.dataset(obs, k) for k in (*cams.values(), *(self.state_keys or low_dim))},
+                       "actions": r.dataset(demo, "actions")})  # fmt: skip
+        frames = {cam: r.frames(obs, k) for cam, k in cams.items()}
         state = r.concat(obs, self.state_keys or low_dim)
         action = r.array(demo, "actions")
         task = self.task or _env_task(r.f) or _folder_task(r.file)
-        return self._episode(r, frames, state, action, None, task, embodiment="robomimic",
-                             split=_mask_split(r.f, r.episode))  # fmt: skip
+        split, skipped = _mask_split(r.f, r.episode)
+        notes = {"mask_entries_skipped": skipped} if skipped else {}  # -1: the whole mask could not be read
+        return self._episode(r, frames, state, action, None, task, embodiment="robomimic", split=split,
+                             extra=notes)  # fmt: skip
 
     def _load_mapping(self, r: _Reader, group: str) -> Episode:
         m = self.mapping
         g = r.group(r.f, group)
+        paths = [*m.cameras.values(), *m.state, *(p for p in (m.action, m.timestamp) if p)]
+        r.same_length({p: r.dataset(g, p) for p in paths})
         frames = {cam: r.frames(g, p, chw=m.image_layout == "CHW") for cam, p in m.cameras.items()}
         state = r.concat(g, m.state)
         action = r.array(g, m.action) if m.action else None
