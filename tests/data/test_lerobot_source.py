@@ -67,3 +67,42 @@ def test_the_layout_feature_of_a_simulated_dataset_reaches_the_store(tmp_path):
     assert main(["lerobot", str(ds), "--out", str(tmp_path / "store"), *UNIFORM]) == 0
     store = EpisodeStore(tmp_path / "store")
     assert [e.layout for e in store.episodes] == [{"mt1_seed": 7, "mt1_index": 0}, {"mt1_seed": 7, "mt1_index": 1}]
+
+
+def _failed(out) -> dict[str, str]:
+    return {q["source_index"]: q["message"] for q in json.loads((out / "quality.json").read_text())
+            if q["status"] == "failed"}  # fmt: skip
+
+
+def test_a_data_table_missing_its_last_rows_fails_that_episode(tmp_path):
+    import pyarrow.parquet as pq
+
+    ds = make_lerobot_dataset(tmp_path / "ds", episodes=2, length=16)
+    table_file = next((ds / "data").rglob("*.parquet"))
+    table = pq.read_table(table_file)
+    pq.write_table(table.slice(0, table.num_rows - 5), table_file)  # episode 1 keeps 11 of its 16 rows
+    assert main(["lerobot", str(ds), "--out", str(tmp_path / "store"), *UNIFORM]) == 3
+    failed = _failed(tmp_path / "store")
+    assert list(failed) == ["1"], failed
+    assert "11 rows in the data table for this episode, but the metadata declares" in failed["1"]
+    assert "length = 16" in failed["1"] and "info.json total_frames = 32" in failed["1"]
+
+
+def test_a_video_with_fewer_frames_than_timestamps_fails_the_episodes_it_does_not_cover(tmp_path):
+    import av
+
+    ds = make_lerobot_dataset(tmp_path / "ds", episodes=2, length=16)
+    video_file = next((ds / "videos").rglob("*.mp4"))
+    with av.open(str(video_file)) as src:
+        frames = [f.to_ndarray(format="rgb24") for f in src.decode(video=0)][:28]  # of 32: episode 1 loses 4
+    with av.open(str(video_file), "w") as dst:
+        stream = dst.add_stream("mpeg4", rate=10)
+        stream.height, stream.width, stream.pix_fmt = 32, 32, "yuv420p"
+        for img in frames:
+            dst.mux(stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")))
+        dst.mux(stream.encode())
+    assert main(["lerobot", str(ds), "--out", str(tmp_path / "store"), *UNIFORM]) == 3
+    failed = _failed(tmp_path / "store")
+    assert list(failed) == ["1"], failed
+    assert "file-000.mp4" in failed["1"] and "the video ends at 2.7000 s, before the episode's last timestamp" in failed["1"]
+    assert "(4 of 16 timestamps have no frame): truncated video" in failed["1"]

@@ -107,7 +107,7 @@ def test_frames_and_telemetry_align_by_timestamp(tmp_path):
 def test_parquet_column_map_task_flag_and_offset(tmp_path):
     src = tmp_path / "src"
     for i, slope in enumerate((1.0, 2.0)):
-        t = T0 + np.arange(150) / 50.0  # 50 Hz over 2.98 s: the whole video shifted by 0.5 s lies inside
+        t = T0 + np.arange(100) / 50.0  # 50 Hz over 1.98 s: the whole video shifted by 0.5 s lies inside
         df = pd.DataFrame({"t": t, "cmd": 4.0 * slope * (t - T0), "joint_a": slope * (t - T0), "joint_b": -(t - T0)})
         episode_dir(src, f"ep{i}", slope, task=None, table="parquet", df=df)
     mapping = tmp_path / "columns.yaml"

@@ -6,6 +6,7 @@ import argparse
 import logging
 import os
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -99,10 +100,11 @@ class LeRobotSource:
             from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
             ds = LeRobotDataset(self.repo_id, root=self.root, revision=self.revision, video_backend="pyav")
-            columns = [c for c in ("timestamp", "observation.state", "action", LAYOUT, *ds.meta.image_keys)
-                       if c in ds.features]  # fmt: skip
+            columns = [c for c in ("timestamp", "episode_index", "frame_index", "observation.state", "action", LAYOUT,
+                                   *ds.meta.image_keys) if c in ds.features]  # fmt: skip
             ep_columns = ["dataset_from_index", "dataset_to_index", "tasks",
                           *[f"videos/{k}/from_timestamp" for k in ds.meta.video_keys]]  # fmt: skip
+            ep_columns += [c for c in ("length",) if c in ds.meta.episodes.column_names]
             _OPEN_DATASETS[key] = _Opened(ds, ds.hf_dataset.select_columns(columns).with_format("numpy"),
                                           ds.meta.episodes.select_columns(ep_columns))  # fmt: skip
         return _OPEN_DATASETS[key]
@@ -114,8 +116,13 @@ class LeRobotSource:
         start, stop = int(meta["dataset_from_index"]), int(meta["dataset_to_index"])
         if "observation.state" not in ds.features:
             raise EpisodeError("the dataset has no 'observation.state' feature", file=str(self), episode=ref.index)
-        rows = opened.rows[start:stop]  # one batch of numpy columns
-        timestamp = np.asarray(rows["timestamp"], dtype=np.float64)
+        try:
+            rows = opened.rows[start:stop]  # one batch of numpy columns
+            timestamp = np.asarray(rows["timestamp"], dtype=np.float64)
+        except Exception as e:  # noqa: BLE001 -- datasets/pyarrow raise many kinds for a damaged table
+            raise EpisodeError(f"cannot read the episode's rows {start}..{stop - 1} of the data table: "
+                               f"{type(e).__name__}: {e}", file=str(self), episode=ref.index) from e  # fmt: skip
+        self._check_rows(rows, timestamp, meta, index, len(opened.rows), ref.index)
         frames = {}
         for key in self.cameras:
             cam = key.removeprefix(IMAGE_PREFIX)
@@ -146,6 +153,35 @@ class LeRobotSource:
             action_names=self.action_names,
         )
 
+    def _check_rows(self, rows, timestamp: np.ndarray, meta, index: int, table_rows: int, episode: str) -> None:
+        """The rows read must be those the metadata declares: its length, all of this episode, in frame order,
+        with timestamps that increase. A table missing rows, or holding other episodes' rows, fails here."""
+        start, stop = int(meta["dataset_from_index"]), int(meta["dataset_to_index"])
+        declared = {"dataset_to_index - dataset_from_index": stop - start}
+        if "length" in meta:
+            declared["length"] = int(meta["length"])
+        fail = partial(EpisodeError, file=str(self), episode=episode)
+        wrong = {k: v for k, v in declared.items() if v != len(timestamp)}
+        if wrong:
+            total = self._open().dataset.meta.total_frames
+            raise fail(f"{len(timestamp)} rows in the data table for this episode, but the metadata declares "
+                       + ", ".join(f"{k} = {v}" for k, v in wrong.items())
+                       + f" (the table has {table_rows} rows, info.json total_frames = {total}): the data table is "
+                       "missing rows, or its metadata is damaged")  # fmt: skip
+        if "episode_index" in rows:
+            other = np.asarray(rows["episode_index"]).reshape(-1) != index
+            if other.any():
+                raise fail(f"row {start + int(np.argmax(other))} of the data table (step {int(np.argmax(other))}) "
+                           "belongs to another episode: the data table does not match its metadata")  # fmt: skip
+        if "frame_index" in rows:
+            order = np.asarray(rows["frame_index"]).reshape(-1) != np.arange(len(timestamp))
+            if order.any():
+                raise fail(f"frame_index is not 0..{len(timestamp) - 1} (step {int(np.argmax(order))} differs): rows "
+                           "are missing or out of order")  # fmt: skip
+        steps = np.diff(timestamp)
+        if not np.isfinite(timestamp).all() or (steps <= 0).any():
+            raise fail("the episode's timestamps are not finite and increasing")
+
     def _layout(self, rows, episode: str) -> dict | None:
         """The `layout` feature (scripts/collect_metaworld.py: [MT1 seed, layout index]) as {name: int}; one per
         episode, so every frame must carry the same."""
@@ -169,6 +205,11 @@ class LeRobotSource:
         except Exception:
             _forget_reader(video)  # its decoder stopped mid-file: the next episode opens the file afresh
             raise
+        if times[-1] > pts[-1] + tolerance:
+            late = int((times > pts[-1] + tolerance).sum())
+            raise EpisodeError(f"the video ends at {pts[-1]:.4f} s, before the episode's last timestamp "
+                               f"{times[-1]:.4f} s ({late} of {len(times)} timestamps have no frame): truncated video",
+                               file=str(video), episode=episode)  # fmt: skip
         nearest = nearest_index(pts, times)
         off = np.abs(pts[nearest] - times)
         if (off > tolerance).any():

@@ -4,7 +4,7 @@
       episode-000/
         front.mp4         one video per camera (any container PyAV reads); the camera is the file stem
         wrist.mp4
-        telemetry.csv     or .parquet: a `timestamp` column in seconds plus state/action columns
+        telemetry.csv     or .parquet: a `timestamp` column (seconds; see --timestamp-unit) plus state/action columns
         task.txt          optional; else --task
       episode-001/ ...
 
@@ -13,6 +13,11 @@ happens at `first telemetry timestamp + PTS + --video-time-offset`. The episode'
 camera's frames (cameras sorted by name) inside the time range that the telemetry and every camera cover;
 state and action are linearly interpolated at those times and every other camera gives its nearest frame.
 Episode timestamps are on the telemetry clock, so `state[i] == telemetry(timestamp[i])`.
+
+Damage fails the episode rather than slipping into the store: frames the decoder reports as concealed, fewer
+frames than the header lists or its duration implies, gaps in the frame times, and a video that stops well
+before its telemetry (truncated). Timestamps in ms, us or ns are recognised against the video's duration
+(--timestamp-unit auto), converted, and noted in quality.json.
 """
 
 from __future__ import annotations
@@ -39,6 +44,12 @@ VIDEO_SUFFIXES = frozenset(".mp4 .m4v .mov .mkv .webm .avi .mpg .mpeg .ts .flv .
 TABLE_SUFFIXES = frozenset(".csv .parquet .pq".split())
 TASK_FILE = "task.txt"
 TIME_EPS = 1e-6  # seconds: frames this close to the edge of the telemetry range count as inside it
+MISSING_FRAMES = 2  # a video may lack this many frames against its header, or between two frames, and pass
+SHORT_FRACTION = 0.05  # ... or this fraction of the frames its header's duration implies
+TRUNCATED_FRACTION = 0.25  # a camera may end this fraction of the telemetry's span before the telemetry does
+TIME_UNITS = {"s": 1.0, "ms": 1e3, "us": 1e6, "ns": 1e9}  # timestamp units: units per second
+UNIT_SLACK = 30.0  # auto unit: telemetry span / video span within this factor of 1e3, 1e6 or 1e9
+MIN_UNIT_STEP = 0.1  # auto unit: ... and a median telemetry step of at least this many units
 
 
 @dataclass(frozen=True)
@@ -98,6 +109,7 @@ class VideoSource:
     telemetry: str | None = None  # table file name inside each episode folder; None finds it
     video_time_offset: float = 0.0
     fps: float | None = None
+    timestamp_unit: str = "auto"  # of the telemetry's timestamp column: a key of TIME_UNITS, or auto (see load)
 
     def __post_init__(self) -> None:
         self.root = Path(self.root)
@@ -139,8 +151,17 @@ class VideoSource:
         task = self._task(folder, name)
         table = self._table_path(folder, name)
         tel = read_telemetry(table, self.columns, name)
-        start = tel.timestamp[0] + self.video_time_offset  # video PTS 0 on the telemetry clock
         decoded = {cam: decode_video(path, name, frame_size, resize_mode) for cam, path in videos.items()}
+        notes = {}
+        unit = self.timestamp_unit
+        if unit == "auto":
+            unit, why = guess_time_unit(tel.timestamp, [pts for _, pts in decoded.values()])
+            if unit != "s":
+                notes["timestamp_unit"] = f"{unit} (auto: {why}; --timestamp-unit sets it)"
+        tel.timestamp = tel.timestamp / TIME_UNITS[unit]
+        start = tel.timestamp[0] + self.video_time_offset  # video PTS 0 on the telemetry clock
+        for cam, (_, pts) in decoded.items():
+            check_coverage(tel.timestamp, start + pts, videos[cam], name)
         t, frames = align(tel.timestamp, decoded, start)
         if len(t) == 0:
             spans = "; ".join(f"{cam} [{start + p[0]:.3f}, {start + p[-1]:.3f}]" for cam, (_, p) in decoded.items())
@@ -151,8 +172,10 @@ class VideoSource:
                 file=str(table), episode=name,
             )  # fmt: skip
         trimmed = len(next(iter(decoded.values()))[1]) - len(t)
+        if trimmed:
+            notes["frames_outside_telemetry"] = trimmed
         return Episode(
-            extra={"frames_outside_telemetry": trimmed} if trimmed else {},
+            extra=notes,
             frames=frames,
             state=_interp(t, tel.timestamp, tel.state),
             action=None if tel.action is None else _interp(t, tel.timestamp, tel.action),
@@ -228,6 +251,38 @@ def align(
     for cam, (frames, pts) in others:
         out[cam] = frames[nearest_index(start + pts, t)]
     return t, out
+
+
+def guess_time_unit(telemetry_time: np.ndarray, video_times: list[np.ndarray]) -> tuple[str, str]:
+    """The unit of a timestamp column read as seconds: "s" unless the telemetry spans ~1e3/1e6/1e9 times as long
+    as the longest video (within a factor UNIT_SLACK) and its median step is at least MIN_UNIT_STEP units, which
+    no real telemetry does in seconds. Returns (unit, the evidence in words)."""
+    video_span = max((float(p[-1] - p[0]) + float(np.median(np.diff(p))) for p in video_times if len(p) > 1),
+                     default=0.0)  # fmt: skip
+    span = float(telemetry_time[-1] - telemetry_time[0])
+    if video_span <= 0 or len(telemetry_time) < 2 or float(np.median(np.diff(telemetry_time))) < MIN_UNIT_STEP:
+        return "s", ""
+    ratio = span / video_span
+    for unit, factor in TIME_UNITS.items():
+        if factor > 1 and factor / UNIT_SLACK <= ratio <= factor * UNIT_SLACK:
+            return unit, f"the timestamps span {span:.6g} units against {video_span:.3f} s of video"
+    return "s", ""
+
+
+def check_coverage(telemetry_time: np.ndarray, frame_time: np.ndarray, path: Path, episode: str) -> None:
+    """EpisodeError when a camera's frames (on the telemetry clock) stop well before the telemetry does: more than
+    TRUNCATED_FRACTION of the telemetry after the video's start has no frame, as when the file was cut short (an
+    mkv, webm or ts declares no frame count to check that against)."""
+    period = float(np.median(np.diff(frame_time))) if len(frame_time) > 1 else 0.0
+    video_end, tel_end = frame_time[-1] + period, telemetry_time[-1]
+    covered = tel_end - max(telemetry_time[0], frame_time[0])
+    if covered > 0 and tel_end - video_end > max(TRUNCATED_FRACTION * covered, 2 * period):
+        raise EpisodeError(
+            f"the video ends at {video_end:.3f} s on the telemetry clock, {tel_end - video_end:.3f} s before the "
+            f"telemetry (which ends at {tel_end:.3f} s): truncated video, or telemetry in another unit or offset "
+            "(--timestamp-unit, --video-time-offset)",
+            file=str(path), episode=episode,
+        )  # fmt: skip
 
 
 def _interp(t: np.ndarray, ts: np.ndarray, values: np.ndarray) -> np.ndarray:
@@ -317,7 +372,7 @@ class VideoReader:
         fail = partial(EpisodeError, file=str(self.path), episode=episode)
         if span is None or self._decoded is None or not self._last < span[0] <= self._last + self.SEEK_GAP_S:
             self._decoded, self._ahead, self._last = self._frames(episode, None if span is None else span[0]), None, -np.inf
-        frames, pts, chunks, shapes = [], [], [], set()
+        frames, pts, chunks, shapes, damaged = [], [], [], set(), []
         try:
             while True:
                 if self._ahead is not None:
@@ -333,6 +388,8 @@ class VideoReader:
                 self._last = t
                 if span is not None and t < span[0]:
                     continue
+                if frame.is_corrupt:  # the decoder concealed an error in this frame (FFmpeg's AV_FRAME_FLAG_CORRUPT)
+                    damaged.append(len(pts))
                 pts.append(t)
                 frames.append(frame.to_ndarray(format="rgb24"))
                 shapes.add(frames[-1].shape)
@@ -342,19 +399,62 @@ class VideoReader:
                     chunks.append(resize_chunks([np.stack(frames)], frame_size, resize_mode))
                     frames = []
         except _DECODE_ERRORS as e:
-            raise fail(f"cannot decode the video after {len(pts)} frames: {e}") from e
+            raise fail(f"cannot decode the video after {len(pts)} frames: {e}: corrupt or truncated video") from e
         if frames:
             chunks.append(resize_chunks([np.stack(frames)], frame_size, resize_mode))
         if not chunks:
             raise fail("the video has no frames" + (f" between {span[0]:.3f} and {span[1]:.3f} s" if span else ""))
-        listed = self.stream.frames
-        if span is None and listed and len(pts) < listed:
-            raise fail(f"decoded {len(pts)} of the {listed} frames in the video header: truncated or damaged file")
+        if damaged:
+            raise fail(f"decoder reported {len(damaged)} damaged frame(s) (first at frame {damaged[0]}"
+                       + (f" of the span from {span[0]:.3f} s" if span else "") + "): corrupt video")  # fmt: skip
         times = np.asarray(pts, dtype=np.float64)
-        if len(times) > 1 and not (np.diff(times) > 0).all():
-            i = int(np.argmax(np.diff(times) <= 0)) + 1
-            raise fail(f"frame presentation times do not increase at frame {i} ({times[i - 1]:.6f} -> {times[i]:.6f} s)")
+        if span is None:
+            self._check_count(len(times), fail)
+        self._check_times(times, fail)
         return (chunks[0] if len(chunks) == 1 else np.concatenate(chunks)), times
+
+    def _check_count(self, decoded: int, fail: Callable[[str], EpisodeError]) -> None:
+        """A whole-file read must yield the frames the header lists (mp4), or else those its declared duration
+        implies at its frame rate (mkv, webm: no count in the header, but a duration that truncation leaves)."""
+        listed = self.stream.frames
+        if listed:
+            if decoded < listed:
+                raise fail(f"decoded {decoded} of the {listed} frames in the video header: truncated or damaged file")
+            return
+        duration = declared_duration(self.container, self.stream)
+        if duration is None or not self.rate:
+            return
+        expected = duration * float(self.rate)
+        if decoded < expected - max(MISSING_FRAMES, SHORT_FRACTION * expected):
+            raise fail(f"decoded {decoded} frames, but the header declares {duration:.3f} s at {float(self.rate):g} "
+                       f"fps (~{expected:.0f} frames): truncated or damaged file")  # fmt: skip
+
+    def _check_times(self, times: np.ndarray, fail: Callable[[str], EpisodeError]) -> None:
+        """Presentation times must increase, without a gap of more than MISSING_FRAMES frames."""
+        if len(times) < 2:
+            return
+        steps = np.diff(times)
+        if not (steps > 0).all():
+            i = int(np.argmax(steps <= 0)) + 1
+            raise fail(f"frame presentation times do not increase at frame {i} ({times[i - 1]:.6f} -> {times[i]:.6f} s)")
+        period = 1.0 / float(self.rate) if self.rate else float(np.median(steps))
+        period = min(period, float(np.median(steps)))  # a variable-rate video: its typical step, not its average
+        gaps = steps > (MISSING_FRAMES + 1.5) * period
+        if gaps.any():
+            i = int(np.argmax(gaps)) + 1
+            raise fail(f"{int(gaps.sum())} gap(s) in the frame times, the first {times[i - 1]:.3f} -> {times[i]:.3f} s "
+                       f"after frame {i - 1} (~{steps[i - 1] / period - 1:.0f} frames missing at {1 / period:g} fps): "
+                       "frames lost from a damaged file")  # fmt: skip
+
+
+def declared_duration(container: av.container.InputContainer, stream: av.video.stream.VideoStream) -> float | None:
+    """Seconds of video the header declares: the stream's duration, else the container's when it holds only video
+    (another stream, such as a longer audio track, would make the container's too long). None if neither."""
+    if stream.duration and stream.time_base:
+        return float(stream.duration * stream.time_base)
+    if container.duration and all(s.type == "video" for s in container.streams):
+        return container.duration / av.time_base
+    return None
 
 
 def decode_video(path: Path, episode: str, frame_size: tuple[int, int] | None = None, resize_mode: str = "crop",
@@ -363,8 +463,10 @@ def decode_video(path: Path, episode: str, frame_size: tuple[int, int] | None = 
     With frame_size, frames are resized in chunks as they are decoded. With span (first, last) in seconds, only
     the frames presented in that range are decoded, after a seek to the keyframe before it.
 
-    Raises EpisodeError if the file cannot be opened or decoded, yields fewer frames than its header lists
-    (truncated), has no frames, changes frame size, or has presentation times that do not increase.
+    Raises EpisodeError if the file cannot be opened or decoded, the decoder reports (and conceals) damage in a
+    frame, a whole-file read yields fewer frames than its header lists or its declared duration implies
+    (truncated), it has no frames, changes frame size, or has presentation times that do not increase or that
+    skip more than MISSING_FRAMES frames.
     """
     with VideoReader(path, episode) as reader:
         return reader.read(episode, frame_size, resize_mode, span)
@@ -445,7 +547,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--task", help=f"task of every episode without a {TASK_FILE} (which takes precedence)")
     g.add_argument("--telemetry", metavar="NAME", help="telemetry table file name in each episode folder "
                    "(default: telemetry.csv or telemetry.parquet, or the folder's only .csv/.parquet file); "
-                   "it needs a timestamp column in seconds")  # fmt: skip
+                   "it needs a timestamp column (in seconds, or see --timestamp-unit)")  # fmt: skip
     g.add_argument("--state-prefix", default="state", metavar="PREFIX",
                    help="state columns are those starting with this, in table order (default 'state')")  # fmt: skip
     g.add_argument("--action-prefix", default="action", metavar="PREFIX",
@@ -457,6 +559,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="where the videos start on the telemetry clock: a frame's time is the first telemetry "
                         "timestamp + its presentation time (PTS) + SECONDS. Default 0: video and telemetry start "
                         "together. Frames outside the telemetry's time range are left out")  # fmt: skip
+    g.add_argument("--timestamp-unit", choices=["auto", *TIME_UNITS], default="auto",
+                   help="unit of the telemetry's timestamp column. Default auto: seconds, unless the telemetry "
+                        "spans ~1e3, 1e6 or 1e9 times as long as the video (ms, us, ns), which is then converted "
+                        "and noted in quality.json")  # fmt: skip
 
 
 def load_column_map(path: Path) -> ColumnSpec:
@@ -494,4 +600,4 @@ def from_args(args: argparse.Namespace) -> VideoSource:
             raise UsageError(f"--state-prefix and --action-prefix are both {args.state_prefix!r}")
         columns = ColumnSpec(state_prefix=args.state_prefix, action_prefix=args.action_prefix)
     return VideoSource(Path(args.src), columns=columns, task=args.task, telemetry=args.telemetry,
-                       video_time_offset=args.video_time_offset)  # fmt: skip
+                       video_time_offset=args.video_time_offset, timestamp_unit=args.timestamp_unit)  # fmt: skip
