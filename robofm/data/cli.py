@@ -5,7 +5,8 @@
     robofm-data decontaminate --train STORE [STORE ...] --heldout STORE_OR_LEROBOT_DIR [--out VIEW]
                               [--ngram 3] [--task-overlap 0.5] [--quality KEY=VALUE ...]
 
-Exit status: 0 done (decontaminate: whatever it found), 2 usage error (a missing store, an unknown episode).
+Exit status: 0 done (decontaminate: whatever it found), 2 usage error (a missing or damaged store, an unknown
+episode): one line on stderr.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import sys
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from robofm.errors import StoreError, UsageError
@@ -67,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             _decontaminate(args, console)
     except (UsageError, StoreError) as e:
-        console.print(f"[red]robofm-data: error:[/red] {e}")
+        console.print(f"[red]robofm-data: error:[/red] {escape(str(e))}", soft_wrap=True)  # one line, markup-free
         return 2
     return 0
 

@@ -9,7 +9,8 @@ Layout of a store folder:
 
 Shards are immutable once closed: the writer fills `shard-NNNNN.h5.partial` and renames it when it is
 full or the conversion ends; the manifest only ever lists episodes of closed shards and is replaced
-atomically, so a crash leaves the previous store readable.
+atomically, so a crash leaves the previous store readable. An overwrite builds the new store beside the old one
+(new shard numbers, its metadata in .overwrite/) and swaps it in when complete: see settle_overwrite.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 from collections import OrderedDict
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -27,6 +29,7 @@ import numpy as np
 
 from robofm.data.episode import Episode
 from robofm.data.stats import RunningStats
+from robofm.data.store_checks import check_manifest, check_quality, check_stats, read_json
 from robofm.errors import StoreError, UsageError
 from robofm.version import __version__
 
@@ -34,6 +37,7 @@ FORMAT_VERSION = 1
 OPEN_EPISODES = 128  # per process: episodes whose datasets EpisodeStore.arrays keeps open
 CHUNK_CACHE_BYTES = 256 * 1024  # per open dataset; h5py's 1 MiB default grows a loader's memory with the store
 MANIFEST, STATS, QUALITY = "manifest.json", "stats.json", "quality.json"
+OVERWRITE = ".overwrite"  # the metadata of an overwrite under way (StoreWriter.close, settle_overwrite)
 
 
 class EpisodeArrays(NamedTuple):
@@ -92,7 +96,8 @@ def split_from_hash(content_hash: str, val_fraction: float) -> str:
 class StoreWriter:
     """Streams episodes into a store, one episode at a time; nothing of a dataset is held in memory.
 
-    mode: "create" (the folder must not hold a store), "overwrite" (replace it) or "append" (add
+    mode: "create" (the folder must not hold a store), "overwrite" (replace it, in close(): until then, and if
+    nothing was added, the old store stays as it was) or "append" (add
     episodes to an existing store with the same fps and cameras; shards already written stay as they are).
     latents: the manifest's record of the VAE latents every episode carries, {"vae_path", "shape": [C, h, w],
     "scaling_factor"}, or None for a store of frames only; an append must match the store's.
@@ -121,11 +126,14 @@ class StoreWriter:
         self._this_provenance = provenance or {}
         self.fps, self.cameras = float(fps), {c: [int(h), int(w)] for c, (h, w) in cameras.items()}
         self.stats: dict[str, dict[str, RunningStats]] = {}
+        settle_overwrite(self.root)  # an overwrite that was killed: finish it if it was complete, else drop it
+        self.overwriting = False  # building a new store beside the old one, swapped in by close()
         if (self.root / MANIFEST).exists():
             if mode == "create":
                 raise StoreError(f"{self.root} already holds a store: pass --overwrite to replace it or --append")
             if mode == "overwrite":
-                _remove_store(self.root)
+                self.overwriting = True
+                (self.root / OVERWRITE).mkdir()
             else:
                 self._load_existing()
         (self.root / "shards").mkdir(parents=True, exist_ok=True)
@@ -134,7 +142,8 @@ class StoreWriter:
         self._shard: h5py.File | None = None
         self._shard_name = ""
         self._shard_written = 0
-        self._next_shard = len(list((self.root / "shards").glob("shard-*.h5")))
+        numbers = [int(p.name[6:11]) for p in (self.root / "shards").glob("shard-[0-9][0-9][0-9][0-9][0-9].h5")]
+        self._next_shard = max(numbers, default=-1) + 1  # after an overwrite's old shards, which stay until close
         self._next_id = len(self.episodes)
         self._hash_to_id = {e.content_hash: e.id for e in self.episodes}
         self._quality_index = {(q["source"], str(q["source_index"])): i for i, q in enumerate(self.quality)}
@@ -185,7 +194,8 @@ class StoreWriter:
         self._shard = None
         partial = self.root / "shards" / (self._shard_name + ".partial")
         os.replace(partial, partial.with_suffix(""))
-        self._write_metadata()
+        if not self.overwriting:  # an overwrite's manifest appears only when it is complete
+            self._write_metadata(self.root)
 
     def add(self, ep: Episode, content_hash: str, split: str) -> EpisodeInfo:
         """Write one validated episode; on any error nothing of it stays in the shard."""
@@ -271,7 +281,7 @@ class StoreWriter:
             self._quality_index[key] = len(self.quality)
             self.quality.append(entry)
 
-    def _write_metadata(self) -> None:
+    def _write_metadata(self, folder: Path) -> None:
         manifest = {
             "format_version": FORMAT_VERSION,
             "robofm_version": __version__,
@@ -284,22 +294,47 @@ class StoreWriter:
             "provenance": self.provenance + ([self._this_provenance] if self._added else []),
         }
         stats = {emb: {k: v.result() for k, v in st.items()} for emb, st in self.stats.items()}
-        write_json_atomic(self.root / STATS, stats)
-        write_json_atomic(self.root / QUALITY, self.quality)
-        write_json_atomic(self.root / MANIFEST, manifest)  # last: it is what makes the store valid
+        write_json_atomic(folder / STATS, stats)
+        write_json_atomic(folder / QUALITY, self.quality)
+        write_json_atomic(folder / MANIFEST, manifest)  # last: it is what makes the store valid
 
     def close(self) -> None:
+        """Write the metadata; an overwrite swaps its new store in for the old one here, and only here."""
         if self._shard is not None:
-            self._close_shard()  # writes the metadata
-        else:
-            self._write_metadata()
+            self._close_shard()  # writes the metadata, but an overwrite's
+        elif not self.overwriting:
+            self._write_metadata(self.root)
+        if not self.overwriting:
+            return
+        if self._added:
+            self._write_metadata(self.root / OVERWRITE)
+        else:  # every episode failed: the old store stays, and quality.json tells why, as convert does without a writer
+            write_json_atomic(self.root / QUALITY, self.quality)
+        settle_overwrite(self.root)
+        self.overwriting = False
 
 
-def _remove_store(root: Path) -> None:
-    for name in (MANIFEST, STATS, QUALITY):
-        (root / name).unlink(missing_ok=True)
-    for shard in (root / "shards").glob("shard-*"):
-        shard.unlink()
+def settle_overwrite(root: Path) -> None:
+    """Finish or drop an overwrite of the store at `root` (see StoreWriter.close). The new store is built beside the
+    old one: its shards in root/shards under new numbers (the old manifest never names them), its metadata in
+    root/.overwrite/, where manifest.json comes last. Here, a complete one (with manifest.json) replaces stats.json,
+    quality.json and, last, manifest.json of the old store; then every shard the store's manifest does not name
+    (the old store's, or the new one's that was never completed) and the .overwrite folder are removed. A kill at
+    any moment leaves the old store or the new one readable, and the next writer of the store calls this again."""
+    staging = root / OVERWRITE
+    if not staging.is_dir():
+        return
+    if (staging / MANIFEST).is_file():
+        for name in (STATS, QUALITY, MANIFEST):
+            if (staging / name).is_file():
+                os.replace(staging / name, root / name)
+    manifest = read_json(root / MANIFEST) if (root / MANIFEST).is_file() else None
+    if isinstance(manifest, dict) and "view_of" not in manifest and isinstance(manifest.get("episodes"), list):
+        named = {row.get("shard") for row in manifest["episodes"] if isinstance(row, dict)}
+        for shard in (root / "shards").glob("shard-*.h5*"):
+            if shard.name not in named:
+                shard.unlink()
+    shutil.rmtree(staging)
 
 
 def write_view(base: EpisodeStore, out: Path, keep: set[str], verdicts: list[dict], provenance: dict) -> Path:
@@ -338,10 +373,9 @@ class EpisodeStore:
             hint = " (it looks like a LeRobot dataset: convert it with `robofm-convert lerobot`)" if (
                 self.root / "meta" / "info.json").exists() else ""  # fmt: skip
             raise StoreError(f"{self.root} is not a robofm episode store: {MANIFEST} is missing{hint}")
-        try:
-            self.manifest = json.loads(path.read_text())
-        except json.JSONDecodeError as e:
-            raise StoreError(f"{path} is not valid JSON: {e}") from e
+        self.manifest = read_json(path)
+        if not isinstance(self.manifest, dict):
+            raise StoreError(f"{path}: expected a JSON object, got {type(self.manifest).__name__}")
         version = self.manifest.get("format_version")
         if not isinstance(version, int):
             raise StoreError(f"{path} has no format_version")
@@ -350,10 +384,13 @@ class EpisodeStore:
                 f"{self.root} was written by robofm {self.manifest.get('robofm_version', '?')} in store format "
                 f"{version}; this robofm ({__version__}) reads format {FORMAT_VERSION} and older: upgrade robofm"
             )
+        check_manifest(path, self.manifest)
         self.episodes = [EpisodeInfo(**e) for e in self.manifest["episodes"]]
         self.by_id = {e.id: e for e in self.episodes}
-        self.stats = json.loads((self.root / STATS).read_text()) if (self.root / STATS).exists() else {}
-        self.quality = json.loads((self.root / QUALITY).read_text()) if (self.root / QUALITY).exists() else []
+        self.stats = read_json(self.root / STATS, {})
+        check_stats(self.root / STATS, self.stats)
+        self.quality = read_json(self.root / QUALITY, [])
+        check_quality(self.root / QUALITY, self.quality)
         self._files: dict[str, h5py.File] = {}
         self._arrays: OrderedDict[str, EpisodeArrays] = OrderedDict()
         self._pid = os.getpid()
@@ -379,7 +416,8 @@ class EpisodeStore:
         return base / "shards" / shard
 
     def validate(self) -> None:
-        """Every shard the manifest names exists and holds its episodes at the recorded lengths."""
+        """Every shard the manifest names exists and holds its episodes, each dataset (frames and latents of every
+        camera, state, action when it has one, timestamp) at the recorded length. Reads shapes only, no data."""
         by_shard: dict[str, list[EpisodeInfo]] = {}
         for e in self.episodes:
             by_shard.setdefault(e.shard, []).append(e)
@@ -388,17 +426,16 @@ class EpisodeStore:
             n = sum(len(by_shard[s]) for s in missing)
             raise StoreError(f"{self.root}: {len(missing)} shard(s) listed in the manifest are missing "
                              f"({', '.join(missing[:5])}{'...' if len(missing) > 5 else ''}), holding {n} episodes")  # fmt: skip
+        names = ["timestamp", "state", *(f"frames/{c}" for c in self.cameras)]
+        names += [f"latents/{c}" for c in self.cameras] if self.latents else []
         for shard, eps in by_shard.items():
+            path = self.shard_path(shard)
             try:
-                with h5py.File(self.shard_path(shard), "r") as f:
+                with h5py.File(path, "r") as f:
                     for e in eps:
-                        if e.id not in f:
-                            raise StoreError(f"{self.shard_path(shard)}: episode {e.id} is in the manifest but not in the shard")
-                        n = f[e.id]["timestamp"].shape[0]
-                        if n != e.length:
-                            raise StoreError(f"{self.shard_path(shard)}: episode {e.id} has {n} frames, manifest says {e.length}")
-            except OSError as err:
-                raise StoreError(f"{self.shard_path(shard)} cannot be read as HDF5: {err}") from err
+                        _check_episode(path, f, e, names + ["action"] if e.has_action else names)
+            except (OSError, KeyError) as err:
+                raise StoreError(f"{path} cannot be read as HDF5: {err}") from err
 
     def _file(self, shard: str) -> h5py.File:
         if os.getpid() != self._pid:  # forked into a worker: never share the parent's HDF5 handles
@@ -480,3 +517,20 @@ class EpisodeStore:
             "splits": {s: sum(e.split == s for e in self.episodes) for s in sorted({e.split for e in self.episodes})},
             "quality": status,
         }
+
+
+def _check_episode(path: Path, f: h5py.File, e: EpisodeInfo, names: list[str]) -> None:
+    """The episode is in the shard and each of its datasets `names` has the manifest's length. Shapes only, through
+    h5py's low-level API: it runs for every episode on every open, and h5py's objects cost twice as much."""
+    try:
+        group = h5py.h5g.open(f.id, e.id.encode())
+    except (KeyError, ValueError):
+        raise StoreError(f"{path}: episode {e.id} is in the manifest but not in the shard") from None
+    for name in names:
+        try:
+            shape = h5py.h5d.open(group, name.encode()).shape
+        except (KeyError, ValueError):
+            raise StoreError(f"{path}: episode {e.id} has no dataset {name!r}") from None
+        if not shape or shape[0] != e.length:
+            what = "frames" if name == "timestamp" else f"rows in {name}"
+            raise StoreError(f"{path}: episode {e.id} has {shape[0] if shape else 0} {what}, manifest says {e.length}")

@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 from dataclasses import dataclass, field
@@ -35,6 +36,9 @@ from robofm.tokenization.sequence import SequenceBuilder
 log = logging.getLogger(__name__)
 LATEST = "latest"
 TRAINED_ON = "trained_on.json"
+REQUIRED_MODEL_KEYS = ("dim", "depth", "heads", "vocab_size", "patch_dim", "state_dim")  # model.json since the first
+POSITIVE_MODEL_KEYS = {"dim", "depth", "heads", "vocab_size", "patch_dim", "max_cameras", "max_patches"}
+TYPE_WORDS = {float: "a positive number", str: "a string", bool: "true or false", dict: "an object"}
 
 
 @dataclass
@@ -90,14 +94,11 @@ def from_pretrained(path: str | Path, device: str | torch.device = "cpu") -> Pre
     if not (path / "model.json").is_file() and (path / "export" / "model.json").is_file():
         path = path / "export"
     if (path / "model.json").is_file():
-        cfg = ModelConfig(**json.loads((path / "model.json").read_text()))
-        builder = load_sequence_builder(path / "tokenization")
+        cfg = read_model_config(path / "model.json")
+        builder = _load_builder(path / "tokenization")
         pre = _load(cfg, path / "model.safetensors", builder, load_diffusion(path), f"export {path}", device)
         if (path / TRAINED_ON).is_file():
-            try:
-                pre.trained_on = json.loads((path / TRAINED_ON).read_text())
-            except json.JSONDecodeError as e:
-                raise UsageError(f"{path / TRAINED_ON} is not valid JSON: {e}") from e
+            pre.trained_on = read_json_object(path / TRAINED_ON)
         return pre
     try:
         ckpt = resolve_checkpoint(path)
@@ -107,14 +108,19 @@ def from_pretrained(path: str | Path, device: str | torch.device = "cpu") -> Pre
     run = ckpt.parent.parent
     if not (run / "tokenization" / "sequence.json").is_file():
         raise UsageError(f"checkpoint {ckpt} has no tokenization: expected {run / 'tokenization'}")
-    builder = load_sequence_builder(run / "tokenization")
+    builder = _load_builder(run / "tokenization")
     if (run / "export" / "model.json").is_file():
-        cfg = ModelConfig(**json.loads((run / "export" / "model.json").read_text()))
+        cfg = read_model_config(run / "export" / "model.json")
     else:
-        yaml = OmegaConf.load(ckpt / "config.yaml")
-        shape = {k: yaml.model.get(k) for k in SHAPE}  # what the run set over its size's preset (None: the preset's)
-        cfg = model_config(builder, yaml.model.size, attention=yaml.model.get("attention", "sdpa"),
-                           adaln=yaml.model.get("adaln", False), **shape)  # fmt: skip
+        model = _read_yaml(ckpt / "config.yaml").get("model")
+        if not isinstance(model, dict) or not isinstance(model.get("size"), str):
+            raise UsageError(f"{ckpt / 'config.yaml'}: model.size is missing: cannot rebuild the model")
+        shape = {k: model.get(k) for k in SHAPE}  # what the run set over its size's preset (None: the preset's)
+        try:
+            attention, adaln = model.get("attention", "sdpa"), model.get("adaln", False)
+            cfg = model_config(builder, model["size"], attention=attention, adaln=adaln, **shape)
+        except (TypeError, ValueError, KeyError) as e:
+            raise UsageError(f"{ckpt / 'config.yaml'}: cannot rebuild the model from its model keys: {e}") from e
     return _load(cfg, ckpt / "model.safetensors", builder, load_diffusion(ckpt), f"checkpoint {ckpt}", device)
 
 
@@ -132,12 +138,99 @@ def load_diffusion(path: Path) -> FrameDiffusion:
     """The frame diffusion of an export folder (diffusion.json) or a checkpoint folder (the objective of its
     config.yaml); the default objective's for an export from before diffusion.json was written."""
     if (path / "diffusion.json").is_file():
-        return FrameDiffusion(**json.loads((path / "diffusion.json").read_text()))
-    if (path / "config.yaml").is_file():
-        o = OmegaConf.to_container(OmegaConf.load(path / "config.yaml")).get("objective", {})
-        return FrameDiffusion(o.get("frame_diffusion", "flow"), o.get("logit_mean", 0.0), o.get("logit_std", 1.0),
-                              o.get("frame_prediction", "velocity"), o.get("frame_target", "frame"))  # fmt: skip
-    return FrameDiffusion()
+        file = path / "diffusion.json"
+        settings = read_json_object(file)
+        known = inspect.signature(FrameDiffusion).parameters
+        unknown = sorted(set(settings) - set(known))
+        if unknown:
+            raise UsageError(f"{file}: unknown key {unknown[0]!r} (a frame diffusion has {', '.join(known)})")
+    elif (path / "config.yaml").is_file():
+        file = path / "config.yaml"
+        o = _read_yaml(file).get("objective") or {}
+        settings = {
+            "kind": o.get("frame_diffusion", "flow"),
+            "logit_mean": o.get("logit_mean", 0.0),
+            "logit_std": o.get("logit_std", 1.0),
+            "prediction": o.get("frame_prediction", "velocity"),
+            "target": o.get("frame_target", "frame"),
+        }
+    else:
+        return FrameDiffusion()
+    try:
+        return FrameDiffusion(**settings)
+    except (UsageError, TypeError, ValueError) as e:
+        raise UsageError(f"{file}: {e}") from e
+
+
+# ------------------------------------------------------------------------------------------------ files
+
+
+def read_json_object(path: Path) -> dict:
+    """The JSON object in `path`; UsageError naming the file when it cannot be read, is not JSON or not an object."""
+    try:
+        value = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError) as e:
+        raise UsageError(f"cannot read {path}: {e}") from e
+    except json.JSONDecodeError as e:
+        raise UsageError(f"{path} is not valid JSON: {e}") from e
+    if not isinstance(value, dict):
+        raise UsageError(f"{path}: expected a JSON object, got {type(value).__name__}")
+    return value
+
+
+def read_model_config(path: Path) -> ModelConfig:
+    """The ModelConfig of a model.json: every key one of ModelConfig's, the shape keys present, each value of its
+    field's type (integers positive where a size); UsageError naming the file and the key otherwise."""
+    d = read_json_object(path)
+    defaults = ModelConfig().to_dict()
+    unknown = sorted(set(d) - set(defaults))
+    if unknown:
+        raise UsageError(f"{path}: unknown key {unknown[0]!r} (a ModelConfig has {', '.join(defaults)})")
+    missing = [k for k in REQUIRED_MODEL_KEYS if k not in d]
+    if missing:
+        raise UsageError(f"{path}: missing key {missing[0]!r}")
+    for key, value in d.items():
+        kind = type(defaults[key])
+        if kind is float:
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
+        elif kind is int:
+            ok = type(value) is int and (value > 0 if key in POSITIVE_MODEL_KEYS else value >= 0)
+        else:
+            ok = isinstance(value, kind)
+        if not ok:
+            what = TYPE_WORDS[kind] if kind is not int else "a non-negative integer"
+            what = "a positive integer" if key in POSITIVE_MODEL_KEYS else what
+            raise UsageError(f"{path}: {key} must be {what}, got {value!r}")
+    try:
+        return ModelConfig(**d)
+    except UsageError as e:
+        raise UsageError(f"{path}: {e}") from e
+
+
+def _read_yaml(path: Path) -> dict:
+    """A checkpoint's config.yaml as plain containers; UsageError naming the file when it is not a YAML mapping."""
+    try:
+        value = OmegaConf.to_container(OmegaConf.load(path))
+    except Exception as e:  # yaml's and omegaconf's errors share no base class
+        raise UsageError(f"{path} cannot be read as YAML: {e}") from e
+    if not isinstance(value, dict):
+        raise UsageError(f"{path}: expected a YAML mapping, got {type(value).__name__}")
+    return value
+
+
+def _load_builder(directory: Path) -> SequenceBuilder:
+    """load_sequence_builder, with the errors of a damaged tokenization folder as one UsageError naming it."""
+    try:
+        return load_sequence_builder(directory)
+    except UsageError:
+        raise
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, IndexError) as e:  # ValueError: bad JSON too
+        for file in sorted(Path(directory).rglob("*.json")):  # the error path only: name the file when it is one
+            try:
+                json.loads(file.read_text())
+            except (OSError, ValueError) as bad:
+                raise UsageError(f"the tokenization in {directory} is damaged: {file} is not valid JSON: {bad}") from e
+        raise UsageError(f"the tokenization in {directory} is damaged: {type(e).__name__}: {e}") from e
 
 
 # ------------------------------------------------------------------------------------------------ run folders
