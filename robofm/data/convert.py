@@ -26,7 +26,15 @@ from rich.table import Table
 from robofm.data import quality as q
 from robofm.data.episode import Episode, content_hash, resample, resize_frames
 from robofm.data.sources.base import FPS, EpisodeRef, Source, number
-from robofm.data.store import QUALITY, EpisodeStore, StoreWriter, split_from_hash, task_hash, write_json_atomic
+from robofm.data.store import (
+    FAILED_OVERWRITE,
+    QUALITY,
+    EpisodeStore,
+    StoreWriter,
+    split_from_hash,
+    task_hash,
+    write_json_atomic,
+)
 from robofm.errors import EpisodeError, RobofmError, StoreError, UsageError
 from robofm.tokenizers.image import LatentTokenizer
 from robofm.version import __version__
@@ -158,6 +166,7 @@ class Summary:
     dropped: Counter = field(default_factory=Counter)
     bytes_written: int = 0
     seconds: float = 0.0
+    quality_path: Path | None = None  # where the verdicts are when not in the store's quality.json
 
     @property
     def exit_code(self) -> int:
@@ -201,10 +210,14 @@ def convert(source: Source, opts: ConvertOptions, console: Console | None = None
                 break
     if writer is not None:
         writer.close()
+        if opts.mode == "overwrite" and not summary.kept:
+            summary.quality_path = opts.out / FAILED_OVERWRITE
         summary.bytes_written = sum(f.stat().st_size for f in (opts.out / "shards").glob("*.h5"))
     else:  # nothing converted: the verdicts are still written so that the failures can be read
         opts.out.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(opts.out / QUALITY, early)
+        if (opts.out / "manifest.json").exists():  # a failed --overwrite leaves the old store as it was
+            summary.quality_path = opts.out / FAILED_OVERWRITE
+        write_json_atomic(summary.quality_path or opts.out / QUALITY, early)
     summary.seconds = time.perf_counter() - start
     return summary
 
@@ -332,7 +345,9 @@ def print_summary(summary: Summary, out: Path, console: Console) -> None:
     table.add_row("seconds", f"{summary.seconds:.1f}")
     console.print(table)
     if summary.failed or summary.dropped:
-        console.print(f"Every verdict with its reason: {out / QUALITY}")
+        console.print(f"Every verdict with its reason: {summary.quality_path or out / QUALITY}")
+    if summary.quality_path:
+        console.print(f"Nothing converted: the store at {out} is left as it was")
 
 
 def print_store_summary(root: Path, console: Console) -> None:

@@ -37,6 +37,7 @@ FORMAT_VERSION = 1
 OPEN_EPISODES = 128  # per process: episodes whose datasets EpisodeStore.arrays keeps open
 CHUNK_CACHE_BYTES = 256 * 1024  # per open dataset; h5py's 1 MiB default grows a loader's memory with the store
 MANIFEST, STATS, QUALITY = "manifest.json", "stats.json", "quality.json"
+FAILED_OVERWRITE = "quality-failed-overwrite.json"  # the verdicts of an overwrite that converted nothing
 OVERWRITE = ".overwrite"  # the metadata of an overwrite under way (StoreWriter.close, settle_overwrite)
 
 
@@ -308,8 +309,8 @@ class StoreWriter:
             return
         if self._added:
             self._write_metadata(self.root / OVERWRITE)
-        else:  # every episode failed: the old store stays, and quality.json tells why, as convert does without a writer
-            write_json_atomic(self.root / QUALITY, self.quality)
+        else:  # every episode failed: the old store stays as it was, and FAILED_OVERWRITE beside it tells why
+            write_json_atomic(self.root / FAILED_OVERWRITE, self.quality)
         settle_overwrite(self.root)
         self.overwriting = False
 

@@ -148,3 +148,17 @@ def test_out_that_is_a_file_or_unwritable_is_a_usage_error(tmp_path, capsys):
     assert "is an existing file" in " ".join(capsys.readouterr().err.split())  # rich wraps long lines
     assert main([*argv, str(tmp_path / "file" / "store")]) == EXIT_USAGE  # below a file: cannot be made
     assert "cannot be written" in " ".join(capsys.readouterr().err.split())
+
+
+def test_an_overwrite_that_converts_nothing_leaves_the_old_store_as_it_was(tmp_path):
+    from robofm.data.store import FAILED_OVERWRITE
+
+    run(tmp_path, ["ok", "ok"])
+    root = tmp_path / "store"
+    before = {p.name: p.read_bytes() for p in root.iterdir() if p.is_file()}
+    opts = ConvertOptions(out=root, resolution=(8, 8), mode="overwrite")
+    summary = convert(FakeSource(["raise", "raise"]), opts, Console(quiet=True))
+    assert summary.exit_code == EXIT_NONE and summary.quality_path == root / FAILED_OVERWRITE
+    assert {name: (root / name).read_bytes() for name in before} == before
+    assert [q["status"] for q in json.loads((root / FAILED_OVERWRITE).read_text())] == ["failed", "failed"]
+    assert len(EpisodeStore(root).episodes) == 2

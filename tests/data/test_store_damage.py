@@ -9,7 +9,7 @@ import pytest
 
 from robofm.data.cli import main as data_main
 from robofm.data.episode import content_hash
-from robofm.data.store import OVERWRITE, EpisodeStore, StoreWriter, split_from_hash, write_view
+from robofm.data.store import FAILED_OVERWRITE, OVERWRITE, EpisodeStore, StoreWriter, split_from_hash, write_view
 from robofm.errors import StoreError
 from tests.conftest import indexed_episode, write_store
 
@@ -226,12 +226,14 @@ def test_a_kill_after_the_new_store_was_staged_completes_it(tmp_path):
 def test_an_overwrite_that_added_nothing_keeps_the_old_store(tmp_path):
     root = write_store(tmp_path / "store", [indexed_episode(20, seed=i) for i in range(2)])
     shards = sorted(p.name for p in (root / "shards").iterdir())
+    before = EpisodeStore(root).quality
     writer = StoreWriter(root, fps=10, cameras=CAMERAS, mode="overwrite")
     writer.record({"source": "s", "source_index": "0", "status": "failed", "reason": "error", "message": "broken"})
     writer.close()
     store = EpisodeStore(root)
     assert len(store.episodes) == 2 and sorted(p.name for p in (root / "shards").iterdir()) == shards
-    assert [q["status"] for q in store.quality] == ["failed"]  # the verdicts are read where convert puts them
+    assert store.quality == before  # the old store's verdicts stay; the failed attempt's are beside them
+    assert [q["status"] for q in json.loads((root / FAILED_OVERWRITE).read_text())] == ["failed"]
     assert not (root / OVERWRITE).exists()
 
 
