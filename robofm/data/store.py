@@ -218,6 +218,10 @@ class StoreWriter:
             attrs = dict(task=ep.task, embodiment=ep.embodiment, fps=self.fps, source=ep.source,
                          source_index=str(ep.source_index), content_hash=content_hash)  # fmt: skip
             g.attrs.update(attrs)
+            st = self._stats_for(ep.embodiment)  # last: an episode whose statistics fail is not in the store
+            st["state"].update(ep.state)
+            if ep.action is not None:
+                st["action"].update(ep.action)
         except BaseException:
             if ep_id in f:
                 del f[ep_id]
@@ -228,10 +232,6 @@ class StoreWriter:
         self.episodes.append(info)
         self._hash_to_id[content_hash] = ep_id
         self._added += 1
-        st = self._stats_for(ep.embodiment)
-        st["state"].update(ep.state)
-        if ep.action is not None:
-            st["action"].update(ep.action)
         self._shard_written += sum(fr.nbytes for fr in ep.frames.values())
         if self._shard_written >= self.shard_bytes:
             self._close_shard()

@@ -35,7 +35,7 @@ import pandas as pd
 import yaml
 
 from robofm.data.episode import FRAME_CHUNK, Episode, nearest_index, resize_chunks
-from robofm.data.sources.base import EpisodeRef
+from robofm.data.sources.base import EpisodeRef, number
 from robofm.errors import EpisodeError, UsageError
 
 HELP = "folders of per-camera videos plus a CSV/Parquet telemetry table (timestamp, state, action), one per episode"
@@ -555,7 +555,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "action-free episode")  # fmt: skip
     g.add_argument("--columns", type=Path, metavar="MAP.yaml", help="YAML file naming the columns instead of the "
                    "prefixes: 'state: [col, ...]', optional 'action: [...]', optional 'timestamp: col'")  # fmt: skip
-    g.add_argument("--video-time-offset", type=float, default=0.0, metavar="SECONDS",
+    g.add_argument("--video-time-offset", type=number(float), default=0.0, metavar="SECONDS",
                    help="where the videos start on the telemetry clock: a frame's time is the first telemetry "
                         "timestamp + its presentation time (PTS) + SECONDS. Default 0: video and telemetry start "
                         "together. Frames outside the telemetry's time range are left out")  # fmt: skip
