@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -286,7 +287,7 @@ def _write(p: Prepared, writer: StoreWriter, preexisting: set[str], seen: q.Seen
 
 def _failed(entry: dict, error: str, summary: Summary, console: Console) -> dict:
     summary.failed += 1
-    console.print(f"[red]failed[/red] {error}")
+    console.print(f"[red]failed[/red] {escape(error)}", soft_wrap=True)
     return {**entry, "status": "failed", "reason": "error", "message": error}
 
 
@@ -482,10 +483,10 @@ def main(argv: list[str] | None = None) -> int:
         source = source_module(args.kind).from_args(args)
         summary = convert(source, opts, console)
     except (UsageError, StoreError) as e:
-        console.print(f"[red]error:[/red] {e}")
+        console.print(f"[red]robofm-convert: error:[/red] {escape(str(e))}", soft_wrap=True)  # one line
         return EXIT_USAGE
     except RobofmError as e:
-        console.print(f"[red]error:[/red] {e}")
+        console.print(f"[red]robofm-convert: error:[/red] {escape(str(e))}", soft_wrap=True)
         return EXIT_NONE
     print_summary(summary, opts.out, console)
     if summary.kept or summary.skipped_existing:

@@ -18,6 +18,7 @@ from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader
 
 from robofm.data.store import write_json_atomic
+from robofm.errors import UsageError
 from robofm.models.pretrained import export, from_pretrained, latest_checkpoint, resolve_checkpoint
 from robofm.models.robofm import RobofmModel
 from robofm.objectives.objective import Objective
@@ -341,8 +342,12 @@ class Trainer:
         path = self.run_dir / BEST / "best.json"
         if self.cfg.trainer.select == "last" or not path.is_file():
             return None
-        best = json.loads(path.read_text())
-        return best if best["step"] <= self.pos.step else None
+        try:
+            best = json.loads(path.read_text())
+            step = int(best["step"])
+        except (ValueError, KeyError, TypeError) as e:
+            raise UsageError(f"{path} is damaged ({type(e).__name__}: {e}): delete {path.parent} to select again") from e
+        return best if step <= self.pos.step else None
 
     @torch.no_grad()
     def _update_ema(self) -> None:
