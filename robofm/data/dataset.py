@@ -9,15 +9,19 @@ from __future__ import annotations
 
 import bisect
 import logging
+import os
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
+import h5py
 import numpy as np
 import torch
 
-from robofm.data.store import EpisodeInfo, EpisodeStore
-from robofm.errors import UsageError
+from robofm.data.store import OPEN_EPISODES, EpisodeInfo, EpisodeStore
+from robofm.errors import StoreError, UsageError
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +80,9 @@ class EpisodeWindowDataset(torch.utils.data.Dataset):
         self.stores = [EpisodeStore(s.path) for s in specs]
         self.window_len, self.stride, self.split, self.seed = window_len, stride, split, seed
         self.rank, self.world_size, self.epoch = rank, world_size, 0
+        self._rows: OrderedDict[tuple[int, str], _EpisodeRows] = OrderedDict()  # per process, see _episode
+        self._fds: dict[str, int] = {}
+        self._pid = os.getpid()
         self.cameras = list(cameras) if cameras else list(dict.fromkeys(c for st in self.stores for c in st.cameras))
         self._check_cameras()
         self.latent_shape = self._check_latents() if latents else None
@@ -169,60 +176,173 @@ class EpisodeWindowDataset(torch.utils.data.Dataset):
         return s, self.episodes[s][e], start
 
     def __getitem__(self, index: int) -> dict:
-        s, info, start = self.locate(index)
-        key = self.sample_key(index)
-        item = self.read_window(s, info, start)
-        if self.shift:
-            item["frames"] = random_shift(item["frames"], self.shift, np.random.default_rng(key))
-        return {**item, "key": key - 2**64 if key >= 2**63 else key}  # as int64
+        return self.__getitems__([index])[0]
+
+    def __getitems__(self, indices: Sequence[int]) -> list[dict]:
+        """Items `indices`, read together (torch's DataLoader calls this with each batch's indices): one
+        allocation per field for the batch, so each item's tensors are views into arrays shared by the batch."""
+        keys = [self.sample_key(i) for i in indices]
+        items = self.read_windows([self.locate(i) for i in indices])
+        for item, key in zip(items, keys, strict=True):
+            if self.shift:
+                item["frames"] = random_shift(item["frames"], self.shift, np.random.default_rng(key))
+            item["key"] = key - 2**64 if key >= 2**63 else key  # as int64
+        return items
 
     def read_window(self, s: int, info: EpisodeInfo, start: int) -> dict:
-        k, stride = self.window_len, self.stride
-        arrays = self.stores[s].arrays(info.id)
-        steps = range(start, start + k * stride + 1, stride)
-        span = slice(start, start + k * stride)
-        frames, camera_mask = self._read_steps(arrays.frames, steps, (*self.frame_size, 3), np.uint8)
-        state = np.zeros((k, self.state_dim), dtype=np.float32)
-        raw_state = arrays.state[span][::stride]  # contiguous read, then stride in numpy (see _read_steps)
-        state[:, : raw_state.shape[1]] = raw_state
-        actions = np.zeros((k, stride, self.action_dim), dtype=np.float32)
-        action_mask = np.zeros(self.action_dim, dtype=bool)
-        if arrays.action is not None:
-            raw = arrays.action[span]
-            actions[..., : raw.shape[1]] = raw.reshape(k, stride, raw.shape[1])
-            action_mask[: raw.shape[1]] = True
-        state_mask = np.zeros(self.state_dim, dtype=bool)
-        state_mask[: raw_state.shape[1]] = True
-        item = {
-            "frames": torch.from_numpy(frames),
-            "camera_mask": torch.from_numpy(camera_mask),
-            "state": torch.from_numpy(state),
-            "state_mask": torch.from_numpy(state_mask),
-            "actions": torch.from_numpy(actions),
-            "action_mask": torch.from_numpy(action_mask),
-            "frame_index": torch.arange(start, start + k * stride + 1, stride),
-            "task": info.task,
-            "embodiment": info.embodiment,
-            "episode_id": info.id,
-            "store": s,
-        }
-        if self.latent_shape is not None:
-            latents, _ = self._read_steps(arrays.latents, steps, self.latent_shape, np.float16)
-            item["latents"] = torch.from_numpy(latents)
-        return item
+        """The window of episode `info` of store `s` that starts at frame `start` (an item without "key")."""
+        return self.read_windows([(s, info, start)])[0]
 
-    def _read_steps(self, per_camera: dict, steps: range, shape: tuple, dtype) -> tuple[np.ndarray, np.ndarray]:
-        """Each camera's rows at `steps`, [C, len(steps), *shape] (zeros for a camera the episode lacks), and
-        the camera mask [C]."""
-        out = np.zeros((len(self.cameras), len(steps), *shape), dtype=dtype)
-        mask = np.zeros(len(self.cameras), dtype=bool)
-        for c, cam in enumerate(self.cameras):
-            if cam in per_camera:
-                ds = per_camera[cam]
-                for j, t in enumerate(steps):  # one read per frame: HDF5's strided selections are ~100x slower
-                    out[c, j] = ds[t]
-                mask[c] = True
-        return out, mask
+    def read_windows(self, where: Sequence[tuple[int, EpisodeInfo, int]]) -> list[dict]:
+        """read_window for each (store, episode, first frame) of `where`."""
+        n, k, stride, cams = len(where), self.window_len, self.stride, self.cameras
+        frames = np.zeros((n, len(cams), k + 1, *self.frame_size, 3), dtype=np.uint8)
+        camera_mask = np.zeros((n, len(cams)), dtype=bool)
+        state = np.zeros((n, k, self.state_dim), dtype=np.float32)
+        state_mask = np.zeros((n, self.state_dim), dtype=bool)
+        actions = np.zeros((n, k, stride, self.action_dim), dtype=np.float32)
+        action_mask = np.zeros((n, self.action_dim), dtype=bool)
+        latents = None if self.latent_shape is None else np.zeros((n, len(cams), k + 1, *self.latent_shape), np.float16)
+        for b, (s, info, start) in enumerate(where):
+            ep = self._episode(s, info)
+            steps = range(start, start + k * stride + 1, stride)
+            for c, cam in enumerate(cams):
+                if cam in ep.frames:
+                    ep.frames[cam].read_rows(steps, frames[b, c])
+                    camera_mask[b, c] = True
+                if latents is not None and cam in ep.latents:
+                    ep.latents[cam].read_rows(steps, latents[b, c])
+            raw_state = ep.state.read(start, start + k * stride)[::stride]  # contiguous read, then stride in numpy
+            state[b, :, : raw_state.shape[1]] = raw_state
+            state_mask[b, : raw_state.shape[1]] = True
+            if ep.action is not None:
+                raw = ep.action.read(start, start + k * stride)
+                actions[b, ..., : raw.shape[1]] = raw.reshape(k, stride, raw.shape[1])
+                action_mask[b, : raw.shape[1]] = True
+        frame_index = np.array([start for _, _, start in where], np.int64)[:, None] + stride * np.arange(k + 1)
+        fields = {
+            "frames": frames,
+            "camera_mask": camera_mask,
+            "state": state,
+            "state_mask": state_mask,
+            "actions": actions,
+            "action_mask": action_mask,
+            "frame_index": frame_index,
+        }
+        if latents is not None:
+            fields["latents"] = latents
+        per_item = {name: torch.from_numpy(arr).unbind(0) for name, arr in fields.items()}  # views, no copies
+        items = []
+        for b, (s, info, _) in enumerate(where):
+            item = {name: per_item[name][b] for name in fields if name != "latents"}
+            item.update(task=info.task, embodiment=info.embodiment, episode_id=info.id, store=s)
+            if latents is not None:
+                item["latents"] = per_item["latents"][b]
+            items.append(item)
+        return items
+
+    def _episode(self, s: int, info: EpisodeInfo) -> _EpisodeRows:
+        """The row readers of one episode, made once per process and kept for the most recent episodes."""
+        if os.getpid() != self._pid:  # forked into a worker: its own h5py handles (inherited descriptors still read)
+            self._rows, self._pid = OrderedDict(), os.getpid()
+        key = (s, info.id)
+        ep = self._rows.get(key)
+        if ep is None:
+            arrays, fd = self.stores[s].arrays(info.id), self._fd(s, info.shard)
+            ep = _EpisodeRows({c: RowReader(d, fd) for c, d in arrays.frames.items()}, RowReader(arrays.state, fd),
+                              None if arrays.action is None else RowReader(arrays.action, fd),
+                              {c: RowReader(d, fd) for c, d in arrays.latents.items()})  # fmt: skip
+            self._rows[key] = ep
+            if len(self._rows) > OPEN_EPISODES:
+                self._rows.popitem(last=False)
+        else:
+            self._rows.move_to_end(key)
+        return ep
+
+    def _fd(self, s: int, shard: str) -> int:
+        """A read-only descriptor of a shard (one per shard and process, closed with the process)."""
+        path = str(self.stores[s].shard_path(shard))
+        if path not in self._fds:
+            self._fds[path] = os.open(path, os.O_RDONLY)
+        return self._fds[path]
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_rows": OrderedDict(), "_fds": {}}
+
+    def close(self) -> None:
+        """Close the shard descriptors the readers use (they reopen on the next read)."""
+        self._rows.clear()
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds = {}
+
+    def __del__(self) -> None:
+        if getattr(self, "_fds", None):
+            self.close()
+
+
+class RowReader:
+    """Rows of one HDF5 dataset [T, ...]. A dataset that HDF5 keeps as plain bytes (contiguous, or chunked one row
+    per chunk, unfiltered, in native byte order: what the store writes without --compression) is read with
+    os.preadv at the rows' offsets in the shard, ~5 us a frame; through h5py, a selection costs ~15 us however
+    small, and a strided one 20-45 ms on chunked datasets (h5py/h5py#1832). Any other dataset is read through
+    h5py one row at a time."""
+
+    def __init__(self, ds: h5py.Dataset, fd: int) -> None:
+        self.ds, self.fd = ds, fd
+        self.shape, self.dtype = ds.shape, ds.dtype
+        self.row_bytes = int(np.prod(ds.shape[1:], dtype=np.int64)) * ds.dtype.itemsize
+        self.offset: int | None = None  # contiguous: the first row's byte offset
+        self.row_offsets: np.ndarray | None = None  # one row per chunk: each row's byte offset
+        plist = ds.id.get_create_plist()
+        if not ds.dtype.isnative or plist.get_nfilters() or ds.shape[0] == 0 or ds.dtype.hasobject:
+            return
+        if ds.chunks is None:
+            self.offset = ds.id.get_offset()  # None when nothing was written
+        elif ds.chunks == (1, *ds.shape[1:]) and ds.id.get_num_chunks() == ds.shape[0]:
+            offsets = np.full(ds.shape[0], -1, dtype=np.int64)
+
+            def visit(chunk) -> None:
+                offsets[chunk.chunk_offset[0]] = chunk.byte_offset
+
+            if hasattr(ds.id, "chunk_iter"):  # HDF5 1.14: one call for every chunk
+                ds.id.chunk_iter(visit)
+            else:
+                for i in range(ds.shape[0]):
+                    visit(ds.id.get_chunk_info(i))
+            self.row_offsets = offsets if (offsets >= 0).all() else None
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        """Rows start..stop-1, [stop - start, ...]."""
+        out = np.empty((stop - start, *self.shape[1:]), dtype=self.dtype)
+        if self.offset is not None:
+            self._pread(out, self.offset + start * self.row_bytes)
+        else:
+            self.read_rows(range(start, stop), out)
+        return out
+
+    def read_rows(self, rows: Sequence[int], out: np.ndarray) -> None:
+        """Rows `rows` into out [len(rows), ...] (C-contiguous, of the dataset's dtype)."""
+        if self.row_offsets is not None:
+            for j, t in enumerate(rows):
+                self._pread(out[j], int(self.row_offsets[t]))
+        elif self.offset is not None:
+            for j, t in enumerate(rows):
+                self._pread(out[j], self.offset + t * self.row_bytes)
+        else:
+            for j, t in enumerate(rows):  # one read per row: HDF5's strided selections are ~100x slower
+                out[j] = self.ds[t]
+
+    def _pread(self, out: np.ndarray, offset: int) -> None:
+        if os.preadv(self.fd, [out], offset) != out.nbytes:
+            raise StoreError(f"{self.ds.file.filename}: {self.ds.name} is shorter than its {self.shape[0]} rows")
+
+
+class _EpisodeRows(NamedTuple):
+    frames: dict[str, RowReader]
+    state: RowReader
+    action: RowReader | None
+    latents: dict[str, RowReader]
 
 
 def _as_list(stores) -> list:

@@ -116,21 +116,24 @@ def check_source(ep: Episode, cfg: QualityConfig) -> Verdict | None:
     return None
 
 
-def measure(ep: Episode, cfg: QualityConfig) -> dict:
+def measure(ep: Episode, cfg: QualityConfig, thumbs: dict[str, Thumbnails] | None = None) -> dict:
     """Everything the content checks read, for quality.json: motion, and per camera the blank share and the
-    longest frozen run."""
+    longest frozen run. `thumbs`: the episode's `thumbnails` per camera when the caller has them already."""
     m = {"length": ep.length, **motion(ep)}
     frozen = _frozen_runs(ep)
     for cam, fr in sorted(ep.frames.items()):
-        grey = _grey_thumbnails(fr, 16)
+        grey = thumbs[cam].grey16 if thumbs else _grey_thumbnails(fr, 16)
         m[f"blank_fraction/{cam}"] = float((grey.std(axis=(1, 2)) < cfg.blank_std).mean())
         m[f"frozen_run/{cam}"] = frozen[cam]
     return m
 
 
-def check_content(ep: Episode, cfg: QualityConfig) -> tuple[Verdict | None, dict]:
-    """(the first failed check among too_short, blank, frozen, idle or None, the measured values)."""
-    m = measure(ep, cfg)
+def check_content(
+    ep: Episode, cfg: QualityConfig, thumbs: dict[str, Thumbnails] | None = None
+) -> tuple[Verdict | None, dict]:
+    """(the first failed check among too_short, blank, frozen, idle or None, the measured values). `thumbs` as
+    for `measure`."""
+    m = measure(ep, cfg, thumbs)
     if m["length"] < cfg.min_length and "too_short" not in cfg.keep:
         return Verdict("too_short", m, f"{m['length']} frames, fewer than min_length={cfg.min_length}"), m
     for cam in sorted(ep.frames):
@@ -161,8 +164,7 @@ def _frozen_runs(ep: Episode, min_travel: float = 0.25) -> dict[str, int]:
     """Per camera, the frames in its longest run of identical consecutive frames during which the scene moved:
     another camera's frames changed or, with one camera, the state moved by min_travel of a dimension's range.
     (A still or slowly creeping robot leaves a noise-free render unchanged; that is not a frozen camera.)"""
-    same = {c: np.array([np.array_equal(f[t], f[t + 1]) for t in range(len(f) - 1)] + [False])
-            for c, f in ep.frames.items()}  # fmt: skip
+    same = {c: _same_as_next(f) for c, f in ep.frames.items()}
     path = _travel(ep)
     out = {}
     for cam, flags in same.items():
@@ -181,12 +183,57 @@ def _frozen_runs(ep: Episode, min_travel: float = 0.25) -> dict[str, int]:
     return out
 
 
+def _same_as_next(frames: np.ndarray) -> np.ndarray:
+    """bool [T]: frame t equals frame t + 1 exactly (False for the last). Only pairs whose pixels on a coarse
+    grid agree are compared in full: camera frames differ on the grid almost always."""
+    small = frames[:, :: max(1, frames.shape[1] // 16), :: max(1, frames.shape[2] // 16)]  # a view, no copy
+    flags = np.zeros(len(frames), dtype=bool)
+    if len(frames) > 1:
+        candidates = np.flatnonzero((small[1:] == small[:-1]).reshape(len(frames) - 1, -1).all(axis=1))
+        flags[candidates] = [np.array_equal(frames[t], frames[t + 1]) for t in candidates]
+    return flags
+
+
+@dataclass
+class Thumbnails:
+    """Block-mean grey thumbnails of one camera's frames: grey16 float32 [T, 16, 16] (the blank check) and grey8
+    float32 [T, 8, 8] (fingerprints); fewer rows or columns for frames smaller than that."""
+
+    grey16: np.ndarray
+    grey8: np.ndarray
+
+
+def thumbnails(frames: np.ndarray) -> Thumbnails:
+    """Both thumbnails of uint8 frames [T, H, W, 3] in one pass over the pixels where the 8x8 blocks are 2x2 of
+    the 16x16 ones (H and W each 16 or more and below a multiple of 16 by less than 8), else in two."""
+    sums16, count16 = _grey_block_sums(frames, 16)
+    t, h, w, _ = frames.shape
+    if min(h, w) >= 16 and (h // 8, w // 8) == (2 * (h // 16), 2 * (w // 16)):
+        sums8, count8 = sums16.reshape(t, 8, 2, 8, 2).sum(axis=(2, 4)), 4 * count16  # exact: integer sums
+    else:
+        sums8, count8 = _grey_block_sums(frames, 8)
+    return Thumbnails((sums16 / count16).astype(np.float32), (sums8 / count8).astype(np.float32))
+
+
 def _grey_thumbnails(frames: np.ndarray, size: int) -> np.ndarray:
     """float32 [T, size, size] block-mean grey thumbnails (the frame cropped to a multiple of size)."""
+    sums, count = _grey_block_sums(frames, size)
+    return (sums / count).astype(np.float32)
+
+
+def _grey_block_sums(frames: np.ndarray, size: int) -> tuple[np.ndarray, int]:
+    """(float64 [T, size, size] sums of R+G+B over each block of the frame cropped to a multiple of size, the
+    number of values summed per block): the grey block mean is their quotient. Integer sums on uint8 without a
+    float copy of the frames: rows within a block in uint16 (uint32 for blocks over 257 rows), then the columns
+    with one float32 matmul, exact for sums below 2^24 (blocks up to ~21,000 pixels)."""
     t, h, w, _ = frames.shape
+    sh, sw = min(size, h), min(size, w)
     bh, bw = max(1, h // size), max(1, w // size)
-    grey = frames[:, : bh * size, : bw * size].astype(np.float32).mean(-1)
-    return grey.reshape(t, min(size, h), bh, min(size, w), bw).mean(axis=(2, 4))
+    blocks = frames[:, : bh * sh, : bw * sw].reshape(t, sh, bh, bw * sw * 3)  # (T, rows, block rows, W' x RGB)
+    rows = blocks.sum(axis=2, dtype=np.uint16 if bh <= 257 else np.uint32)  # (T, rows, W' x RGB)
+    pool = np.repeat(np.eye(sw, dtype=np.float32), bw * 3, axis=0)  # (W' x RGB, cols): sums each block's columns
+    sums = rows.astype(np.float32) @ pool if 3 * bh * bw * 255 < 2**24 else rows.astype(np.float64) @ pool
+    return sums.astype(np.float64), 3 * bh * bw
 
 
 # ------------------------------------------------------------------------------------------------ near duplicates
@@ -205,12 +252,14 @@ class Fingerprint:
     signatures: tuple[np.ndarray, np.ndarray]
 
 
-def fingerprint(ep: Episode, num_perm: int = 128) -> Fingerprint:
+def fingerprint(ep: Episode, num_perm: int = 128, thumbs: dict[str, Thumbnails] | None = None) -> Fingerprint:
+    """The episode's Fingerprint; `thumbs` as for `measure`."""
     parts = [a for a in (ep.state, ep.action) if a is not None and a.size]
     signal = np.concatenate(parts, axis=1).astype(np.float32) if parts else np.zeros((ep.length, 0), np.float32)
-    thumbs = np.stack([_grey_thumbnails(ep.frames[c], 8) for c in sorted(ep.frames)], axis=1)  # (T, C, 8, 8)
-    return Fingerprint(signal, thumbs.round().astype(np.uint8), (minhash(signal_shingles(signal), num_perm),
-                                                                 minhash(frame_shingles(thumbs), num_perm)))  # fmt: skip
+    per_camera = [thumbs[c].grey8 if thumbs else _grey_thumbnails(ep.frames[c], 8) for c in sorted(ep.frames)]
+    grey = np.stack(per_camera, axis=1)  # (T, C, 8, 8)
+    return Fingerprint(signal, grey.round().astype(np.uint8), (minhash(signal_shingles(signal), num_perm),
+                                                               minhash(frame_shingles(grey), num_perm)))  # fmt: skip
 
 
 SIGNAL_PROJECTIONS, SIGNAL_CELLS = 3, 4

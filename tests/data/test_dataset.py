@@ -4,6 +4,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from robofm.data.dataset import EpisodeWindowDataset, StoreSpec
+from robofm.data.episode import content_hash
+from robofm.data.store import StoreWriter
 from robofm.errors import UsageError
 from tests.conftest import indexed_episode, write_store
 
@@ -146,3 +148,25 @@ def test_training_windows_are_shifted_by_their_sample_key_and_validation_is_not(
         assert torch.equal(shifted[i]["frames"], random_shift(plain[i]["frames"], 2, np.random.default_rng(key)))
     with pytest.raises(UsageError, match="shift=-1"):
         EpisodeWindowDataset(store, window_len=2, stride=2, split=None, shift=-1)
+
+
+def test_compressed_and_plain_shards_give_identical_items_alone_or_in_batches(tmp_path):
+    """Plain shards are read at their byte offsets, compressed ones through h5py: the items are the same, and the
+    batch the DataLoader fetches with __getitems__ holds the items __getitem__ gives one by one."""
+    eps = [indexed_episode(25, seed=i) for i in range(3)]
+    roots = {}
+    for compression in ("none", "lzf"):
+        roots[compression] = tmp_path / compression
+        cams = {c: (8, 8) for c in eps[0].frames}
+        writer = StoreWriter(roots[compression], fps=10.0, cameras=cams, shard_size_mb=0.001, compression=compression)
+        for ep in eps:
+            writer.add(ep, content_hash(ep), "train")
+        writer.close()
+    plain, packed = (EpisodeWindowDataset(roots[c], window_len=3, stride=2, seed=4) for c in ("none", "lzf"))
+    batch = plain.__getitems__(list(range(20)))
+    for i in range(20):
+        a, b = plain[i], packed[i]
+        assert a.keys() == b.keys() == batch[i].keys()
+        for key, value in a.items():
+            same = torch.equal if isinstance(value, torch.Tensor) else (lambda x, y: x == y)
+            assert same(value, b[key]) and same(value, batch[i][key]), key

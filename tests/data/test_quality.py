@@ -13,7 +13,7 @@ from rich.console import Console
 
 from robofm.data.convert import ConvertOptions, convert, main
 from robofm.data.episode import Episode
-from robofm.data.quality import QualityConfig
+from robofm.data.quality import QualityConfig, fingerprint, measure, thumbnails
 from robofm.data.sources.base import EpisodeRef
 from robofm.data.store import EpisodeStore
 from robofm.errors import UsageError
@@ -181,3 +181,22 @@ def test_filters_can_be_kept_and_thresholds_set_from_the_command_line(tmp_path, 
         QualityConfig(keep=("dupes",))
     missing = tmp_path / "nostore"
     assert main(["video", str(tmp_path), "--out", str(tmp_path / "o"), "--dedup-against", str(missing)]) == 2
+
+
+@pytest.mark.parametrize("shape", [(6, 96, 96), (4, 100, 120), (3, 7, 9), (2, 480, 640)])
+def test_thumbnails_are_block_means_of_grey_and_shared_ones_measure_the_same(shape):
+    """One pass gives both thumbnails; they are the mean grey level of each block of the frame cropped to a
+    multiple of the size, and measure/fingerprint read the same values from them as they compute themselves."""
+    frames = np.random.default_rng(0).integers(0, 256, (*shape, 3), dtype=np.uint8)
+    thumbs = thumbnails(frames)
+    for size, got in ((16, thumbs.grey16), (8, thumbs.grey8)):
+        bh, bw = max(1, shape[1] // size), max(1, shape[2] // size)
+        sh, sw = min(size, shape[1]), min(size, shape[2])
+        grey = frames[:, : bh * sh, : bw * sw].astype(np.float64).mean(-1)
+        want = grey.reshape(shape[0], sh, bh, sw, bw).mean(axis=(2, 4))
+        np.testing.assert_allclose(got, want, atol=1e-4)
+    ep = scene_episode(3)
+    shared = {c: thumbnails(fr) for c, fr in ep.frames.items()}
+    assert measure(ep, QualityConfig(), shared) == measure(ep, QualityConfig())
+    a, b = fingerprint(ep, thumbs=shared), fingerprint(ep)
+    assert (a.thumbs == b.thumbs).all() and all((x == y).all() for x, y in zip(a.signatures, b.signatures, strict=True))
