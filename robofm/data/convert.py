@@ -98,12 +98,13 @@ def prepare(source: Source, ref: EpisodeRef, opts: ConvertOptions) -> Prepared:
             ep = resample(ep, opts.fps)
         if opts.resolution:
             ep.frames = {c: resize_frames(fr, opts.resolution, opts.resize_mode) for c, fr in ep.frames.items()}
-        verdict, measured = q.check_content(ep, opts.quality)
+        thumbs = {c: q.thumbnails(fr) for c, fr in ep.frames.items()}  # one pass, for the checks and the fingerprint
+        verdict, measured = q.check_content(ep, opts.quality, thumbs)
         if verdict is not None:
             return Prepared(ref, verdict=verdict)
         if opts.latents:
             ep.latents = {c: encode_latents(fr, opts.latents) for c, fr in ep.frames.items()}
-        return Prepared(ref, ep, content_hash(ep), measured, q.fingerprint(ep, opts.quality.num_perm))
+        return Prepared(ref, ep, content_hash(ep), measured, q.fingerprint(ep, opts.quality.num_perm, thumbs))
     except EpisodeError as e:
         return Prepared(ref, error=str(e))
     except Exception as e:  # an unexpected decoder failure is still this episode's failure, not the run's
@@ -468,6 +469,10 @@ def main(argv: list[str] | None = None) -> int:
     console = Console(stderr=True)
     parser = build_parser()
     args = parser.parse_args(argv)  # exits with 2 on a usage error
+    try:
+        quality = q.QualityConfig.from_settings(args.quality, args.keep)
+    except UsageError as e:
+        parser.error(str(e))  # as argparse's own: one line, exit 2
     opts = ConvertOptions(
         out=args.out, resolution=args.resolution, resize_mode=args.resize_mode, fps=args.fps, cameras=args.cameras,
         workers=args.workers, shard_size_mb=args.shard_size, compression=args.compression,
@@ -476,7 +481,7 @@ def main(argv: list[str] | None = None) -> int:
         latents=args.latents, argv=["robofm-convert", *argv],
     )  # fmt: skip
     try:
-        opts.quality = q.QualityConfig.from_settings(args.quality, args.keep)
+        opts.quality = quality
         check_out(opts.out)
         if opts.mode == "create" and (opts.out / "manifest.json").exists():
             raise UsageError(f"{opts.out} already holds a store: pass --overwrite to replace it or --append to add")

@@ -24,6 +24,7 @@ does not.
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 
@@ -77,6 +78,8 @@ class QualityConfig:
                 values[key] = kind(value)
             except ValueError:
                 raise UsageError(f"--quality {item!r}: {value!r} is not a valid {types[key]}") from None
+            if types[key] != "bool" and not (math.isfinite(values[key]) and values[key] >= 0):
+                raise UsageError(f"--quality {item!r}: thresholds are finite and not negative")
         return cls(**values, keep=tuple(keep))
 
 

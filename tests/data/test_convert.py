@@ -125,7 +125,7 @@ def test_an_unforeseen_error_while_writing_fails_only_its_episode(tmp_path, monk
 @pytest.mark.parametrize("option", [
     ["--fps", "nan"], ["--fps", "inf"], ["--fps", "-5"], ["--fps", "1e7"], ["--fps", "1e-9"], ["--fps", "ten"],
     ["--workers", "-3"], ["--workers", "0"], ["--val-fraction", "5"], ["--shard-size", "-1"], ["--shard-size", "nan"],
-    ["--source-fps", "inf"], ["--source-fps", "nan"],
+    ["--source-fps", "inf"], ["--source-fps", "nan"], ["--quality", "min_length=nan"], ["--quality", "frame_tol=-1"],
 ])  # fmt: skip
 def test_bad_options_are_refused_at_parse_time_in_one_line(tmp_path, capsys, option):
     from robofm.data.convert import main
