@@ -206,11 +206,14 @@ class StoreWriter:
         ep_id = f"ep-{self._next_id:06d}"
         try:
             g = f.create_group(ep_id)
+            # frames and latents: one frame per chunk when compressed (windows read single frames), else contiguous,
+            # which writes 2-3x faster than a chunk per frame and reads a frame with one pread (dataset.RowReader)
+            chunked = (lambda a: (1, *a.shape[1:])) if self.compression else (lambda a: None)
             for cam, fr in ep.frames.items():
-                g.create_dataset(f"frames/{cam}", data=fr, chunks=(1, *fr.shape[1:]), compression=self.compression)
-            for cam, lat in (ep.latents or {}).items():  # one frame per chunk, like frames: windows read single frames
-                g.create_dataset(f"latents/{cam}", data=lat.astype(np.float16), chunks=(1, *lat.shape[1:]),
-                                 compression=self.compression)  # fmt: skip
+                g.create_dataset(f"frames/{cam}", data=fr, chunks=chunked(fr), compression=self.compression)
+            for cam, lat in (ep.latents or {}).items():
+                lat = lat.astype(np.float16)
+                g.create_dataset(f"latents/{cam}", data=lat, chunks=chunked(lat), compression=self.compression)
             g.create_dataset("state", data=ep.state.astype(np.float32))
             if ep.action is not None:
                 g.create_dataset("action", data=ep.action.astype(np.float32))

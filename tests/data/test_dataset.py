@@ -1,3 +1,6 @@
+import shutil
+
+import h5py
 import numpy as np
 import pytest
 import torch
@@ -162,11 +165,21 @@ def test_compressed_and_plain_shards_give_identical_items_alone_or_in_batches(tm
         for ep in eps:
             writer.add(ep, content_hash(ep), "train")
         writer.close()
-    plain, packed = (EpisodeWindowDataset(roots[c], window_len=3, stride=2, seed=4) for c in ("none", "lzf"))
+    roots["chunked"] = tmp_path / "chunked"  # as stores before contiguous frames were: a chunk per frame, unfiltered
+    shutil.copytree(roots["none"], roots["chunked"])
+    for shard in (roots["chunked"] / "shards").glob("*.h5"):
+        with h5py.File(shard, "a") as f:
+            for ep_id in f:
+                for cam in list(f[ep_id]["frames"]):
+                    data = f[ep_id]["frames"][cam][:]
+                    del f[ep_id]["frames"][cam]
+                    f[ep_id]["frames"].create_dataset(cam, data=data, chunks=(1, *data.shape[1:]))
+    plain, packed, chunked = (EpisodeWindowDataset(roots[c], window_len=3, stride=2, seed=4)
+                              for c in ("none", "lzf", "chunked"))  # fmt: skip
     batch = plain.__getitems__(list(range(20)))
     for i in range(20):
-        a, b = plain[i], packed[i]
-        assert a.keys() == b.keys() == batch[i].keys()
+        a, b, c = plain[i], packed[i], chunked[i]
+        assert a.keys() == b.keys() == c.keys() == batch[i].keys()
         for key, value in a.items():
             same = torch.equal if isinstance(value, torch.Tensor) else (lambda x, y: x == y)
-            assert same(value, b[key]) and same(value, batch[i][key]), key
+            assert same(value, b[key]) and same(value, c[key]) and same(value, batch[i][key]), key

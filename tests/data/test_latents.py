@@ -61,7 +61,7 @@ def test_convert_stores_the_latents_of_the_stored_frames(latent_store, vae):
         for cam in CAMERAS:
             lat = arrays.latents[cam]
             assert lat.dtype == np.float16 and lat.shape == (info.length, TINY_VAE_CHANNELS, 8, 8)
-            assert lat.chunks == (1, TINY_VAE_CHANNELS, 8, 8)  # one frame per chunk, like frames
+            assert lat.chunks == arrays.frames[cam].chunks  # laid out like the frames
             expected = tok.encode_frames(torch.from_numpy(arrays.frames[cam][:]))
             np.testing.assert_allclose(lat[:].astype(np.float32), expected.float().numpy(), rtol=1e-2, atol=1e-3)
     episode = store.read_episode(store.episodes[0].id)

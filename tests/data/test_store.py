@@ -33,7 +33,7 @@ def test_round_trip_keeps_every_array_and_attribute(tmp_path):
     np.testing.assert_allclose(st["state"]["mean"], allstate.mean(0), rtol=1e-6)
     np.testing.assert_allclose(st["action"]["max"], [14, 0])
     with h5py.File(store.shard_path(store.episodes[0].shard)) as f:
-        assert f["ep-000000/frames/front"].chunks[0] == 1  # chunked along time
+        assert f["ep-000000/frames/front"].chunks is None  # uncompressed: contiguous (compressed: a chunk per frame)
 
 
 def test_failed_episode_write_leaves_nothing_in_the_shard(tmp_path):
