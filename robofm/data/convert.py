@@ -7,8 +7,10 @@ Exit status: 0 every episode was kept or deliberately dropped; 3 some failed and
 from __future__ import annotations
 
 import argparse
+import queue
 import sys
 import tempfile
+import threading
 import time
 from collections import Counter, deque
 from collections.abc import Iterator
@@ -146,8 +148,7 @@ def _prepared_in_order(source: Source, refs: list[EpisodeRef], opts: ConvertOpti
     worker, so memory stays bounded. Every worker is forked when the pool starts, before the writer opens
     any HDF5 file, so no child inherits an open shard."""
     if opts.workers <= 1:
-        for ref in refs:
-            yield prepare(source, ref, opts)
+        yield from _prepared_ahead(source, refs, opts)
         return
     with get_context("fork").Pool(opts.workers, initializer=_worker_init) as pool:
         pending: deque = deque()
@@ -157,6 +158,42 @@ def _prepared_in_order(source: Source, refs: list[EpisodeRef], opts: ConvertOpti
                 yield pending.popleft().get()
         while pending:
             yield pending.popleft().get()
+
+
+def _prepared_ahead(source: Source, refs: list[EpisodeRef], opts: ConvertOptions) -> Iterator[Prepared]:
+    """Prepared episodes in source order from one daemon thread, which decodes and checks the next episode while
+    the caller writes the last (decoders and numpy release the GIL): at most one waits. A daemon, so that an
+    interrupt or a stop (--strict) never waits for the episode in progress."""
+    ready: queue.Queue = queue.Queue(maxsize=1)
+    stop = threading.Event()
+
+    def hand_over(item: object) -> bool:
+        while not stop.is_set():
+            try:
+                ready.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def work() -> None:
+        try:
+            for ref in refs:
+                if not hand_over(prepare(source, ref, opts)):
+                    return
+        except BaseException as e:  # noqa: BLE001 -- handed to the caller, which raises it
+            hand_over(e)
+            return
+        hand_over(None)
+
+    threading.Thread(target=work, name="robofm-prepare", daemon=True).start()
+    try:
+        while (item := ready.get()) is not None:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
 
 
 @dataclass
