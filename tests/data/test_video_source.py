@@ -258,3 +258,26 @@ def test_reader_goes_on_across_spans_and_seeks_back(tmp_path):
             np.testing.assert_allclose(times, expected / 30, atol=1e-6)
         whole, _ = reader.read("ep")
     np.testing.assert_array_equal(frame_index(whole), np.arange(40))
+
+
+@pytest.mark.parametrize("size", [None, (32, 32), (16, 24)])
+def test_decoded_frames_equal_pyav_across_chunks_at_any_size(tmp_path, size):
+    """Longer than a chunk (FRAME_CHUNK): frames are decoded into buffers, resized a chunk at a time, and none is
+    overwritten by the next chunk, also when the target size is the source's (no resize: the buffer itself)."""
+    from robofm.data.episode import FRAME_CHUNK, resize_frames
+    from robofm.data.sources.video import decode_video
+    from tests.data.fuzzing import frames
+
+    n = 2 * FRAME_CHUNK + 22
+    path = tmp_path / "long.mp4"
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("libx264", rate=30)
+        stream.height = stream.width = 32
+        for image in frames(3, n):
+            out.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
+        out.mux(stream.encode())
+    with av.open(str(path)) as c:
+        want = np.stack([f.to_ndarray(format="rgb24") for f in c.decode(video=0)])
+    got, pts = decode_video(path, "e", size)
+    assert len(pts) == n
+    np.testing.assert_array_equal(got, want if size is None else resize_frames(want, size))

@@ -43,6 +43,7 @@ HELP = "folders of per-camera videos plus a CSV/Parquet telemetry table (timesta
 VIDEO_SUFFIXES = frozenset(".mp4 .m4v .mov .mkv .webm .avi .mpg .mpeg .ts .flv .wmv .ogv .h264 .hevc".split())
 TABLE_SUFFIXES = frozenset(".csv .parquet .pq".split())
 TASK_FILE = "task.txt"
+MAX_BUFFER = 4096  # frames: the most a video read allocates before it has decoded them
 TIME_EPS = 1e-6  # seconds: frames this close to the edge of the telemetry range count as inside it
 MISSING_FRAMES = 2  # a video may lack this many frames against its header, or between two frames, and pass
 SHORT_FRACTION = 0.05  # ... or this fraction of the frames its header's duration implies
@@ -372,7 +373,8 @@ class VideoReader:
         fail = partial(EpisodeError, file=str(self.path), episode=episode)
         if span is None or self._decoded is None or not self._last < span[0] <= self._last + self.SEEK_GAP_S:
             self._decoded, self._ahead, self._last = self._frames(episode, None if span is None else span[0]), None, -np.inf
-        frames, pts, chunks, shapes, damaged = [], [], [], set(), []
+        pts, chunks, damaged = [], [], []
+        buf, n = None, 0  # decoded RGB frames go straight into buf: one copy from the decoder, no list to stack
         try:
             while True:
                 if self._ahead is not None:
@@ -391,17 +393,24 @@ class VideoReader:
                 if frame.is_corrupt:  # the decoder concealed an error in this frame (FFmpeg's AV_FRAME_FLAG_CORRUPT)
                     damaged.append(len(pts))
                 pts.append(t)
-                frames.append(frame.to_ndarray(format="rgb24"))
-                shapes.add(frames[-1].shape)
-                if len(shapes) > 1:
-                    raise fail(f"the frame size changes within the video: {sorted(s[:2] for s in shapes)}")
-                if len(frames) == FRAME_CHUNK and frame_size is not None:  # bound memory at source resolution
-                    chunks.append(resize_chunks([np.stack(frames)], frame_size, resize_mode))
-                    frames = []
+                image = _rgb(frame)
+                if buf is None:
+                    buf = np.empty((FRAME_CHUNK if frame_size else self._expected(span), *image.shape), np.uint8)
+                elif image.shape != buf.shape[1:]:
+                    raise fail(f"the frame size changes within the video: {buf.shape[1:3]} -> {image.shape[:2]}")
+                if n == len(buf):
+                    if frame_size is not None:  # bound memory at source resolution: resize a chunk at a time
+                        chunks.append(resize_chunks([buf], frame_size, resize_mode))  # may be buf itself
+                        buf, n = np.empty_like(buf), 0
+                    else:
+                        buf = np.concatenate([buf, np.empty_like(buf)])
+                buf[n] = image
+                n += 1
         except _DECODE_ERRORS as e:
             raise fail(f"cannot decode the video after {len(pts)} frames: {e}: corrupt or truncated video") from e
-        if frames:
-            chunks.append(resize_chunks([np.stack(frames)], frame_size, resize_mode))
+        if n:
+            kept = buf[:n] if frame_size is not None or n > 0.75 * len(buf) else buf[:n].copy()  # free a spare tail
+            chunks.append(resize_chunks([kept], frame_size, resize_mode))
         if not chunks:
             raise fail("the video has no frames" + (f" between {span[0]:.3f} and {span[1]:.3f} s" if span else ""))
         if damaged:
@@ -412,6 +421,16 @@ class VideoReader:
             self._check_count(len(times), fail)
         self._check_times(times, fail)
         return (chunks[0] if len(chunks) == 1 else np.concatenate(chunks)), times
+
+    def _expected(self, span: tuple[float, float] | None) -> int:
+        """Frames a read will likely yield (a first buffer's size: it grows if need be), at most MAX_BUFFER."""
+        rate = float(self.rate) if self.rate else 30.0
+        if span is not None:
+            guess = (span[1] - span[0]) * rate + 2
+        else:
+            duration = declared_duration(self.container, self.stream)
+            guess = self.stream.frames or (duration * rate + 2 if duration else FRAME_CHUNK)
+        return int(min(max(guess, 1), MAX_BUFFER))  # a damaged header may declare anything
 
     def _check_count(self, decoded: int, fail: Callable[[str], EpisodeError]) -> None:
         """A whole-file read must yield the frames the header lists (mp4), or else those its declared duration
@@ -445,6 +464,14 @@ class VideoReader:
             raise fail(f"{int(gaps.sum())} gap(s) in the frame times, the first {times[i - 1]:.3f} -> {times[i]:.3f} s "
                        f"after frame {i - 1} (~{steps[i - 1] / period - 1:.0f} frames missing at {1 / period:g} fps): "
                        "frames lost from a damaged file")  # fmt: skip
+
+
+def _rgb(frame: av.VideoFrame) -> np.ndarray:
+    """The frame as uint8 [H, W, 3] RGB: a view of the converted frame's plane (to_ndarray would copy it)."""
+    rgb = frame.reformat(format="rgb24")
+    plane = rgb.planes[0]
+    return np.frombuffer(plane, np.uint8).reshape(rgb.height, plane.line_size)[:, : 3 * rgb.width].reshape(
+        rgb.height, rgb.width, 3)
 
 
 def declared_duration(container: av.container.InputContainer, stream: av.video.stream.VideoStream) -> float | None:
