@@ -51,7 +51,7 @@ gl:
 # from its latest checkpoint (resume=auto).
 demo: $(VENV)/.installed
 	test -f $(DEMO_OUT)/store/manifest.json || \
-	  $(VENV)/bin/robofm-convert lerobot $(DEMO_SRC) --out $(DEMO_OUT)/store --overwrite --workers 2
+	  $(VENV)/bin/robofm-convert lerobot $(DEMO_SRC) --out $(DEMO_OUT)/store --overwrite --workers 2 --license mit
 	$(VENV)/bin/robofm-train experiment=demo data.path=$(DEMO_OUT)/store hydra.run.dir=$(DEMO_OUT)/run resume=auto
 	$(VENV)/bin/robofm-eval checkpoint=$(DEMO_OUT)/run data.path=$(DEMO_OUT)/store out=$(DEMO_OUT)/eval.json $(DEMO_EVAL)
 	$(VENV)/bin/robofm-viz checkpoint=$(DEMO_OUT)/run data.path=$(DEMO_OUT)/store eval=$(DEMO_OUT)/eval.json \

@@ -65,6 +65,7 @@ class ConvertOptions:
     quality: q.QualityConfig = field(default_factory=q.QualityConfig)
     dedup_against: list[Path] = field(default_factory=list)  # stores whose episodes this one must not repeat
     latents: Path | None = None  # a local AutoencoderKL folder: store its latents of the frames too
+    license: str | None = None  # the data's license (SPDX id), recorded in the provenance; None: the source's
     argv: list[str] = field(default_factory=list)
 
 
@@ -366,6 +367,7 @@ def _provenance(opts: ConvertOptions, source: Source | None = None) -> dict:
         "arguments": opts.argv,
         "robofm_version": __version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "license": opts.license or (getattr(source, "license", None) if source is not None else None),
     }
 
 
@@ -470,6 +472,9 @@ def build_parser() -> argparse.ArgumentParser:
         mode.add_argument("--append", action="store_true",
                           help="add to an existing store, skipping episodes whose content hash it already has")  # fmt: skip
         common.add_argument("--strict", action="store_true", help="stop at the first episode that fails")
+        common.add_argument("--license", metavar="SPDX", help="the data's license (e.g. mit, apache-2.0, cc-by-4.0), "
+                            "recorded in the store and in the model cards of what trains on it (default: the "
+                            "source's, where it declares one: a LeRobot dataset card's `license`)")  # fmt: skip
         common.add_argument("--val-fraction", type=number(float, 0, 1), default=0.1,
                             help="share of episodes in the 'val' split (0 to 1), assigned from the content "
                                  "hash")  # fmt: skip
@@ -515,7 +520,7 @@ def main(argv: list[str] | None = None) -> int:
         workers=args.workers, shard_size_mb=args.shard_size, compression=args.compression,
         embodiment=args.embodiment, mode="overwrite" if args.overwrite else "append" if args.append else "create",
         strict=args.strict, val_fraction=args.val_fraction, split_by=args.split_by, dedup_against=args.dedup_against,
-        latents=args.latents, argv=["robofm-convert", *argv],
+        latents=args.latents, license=args.license, argv=["robofm-convert", *argv],
     )  # fmt: skip
     try:
         opts.quality = quality

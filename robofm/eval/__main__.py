@@ -17,6 +17,7 @@ from robofm.cli import parse_command
 from robofm.errors import RobofmError
 from robofm.eval.evaluate import ACTION_METHODS, EvalConfig, evaluate
 from robofm.eval.verdicts import WORDS, line
+from robofm.models.card import export_of, record_eval
 from robofm.models.diffusion import describe
 
 NAMES = {"data_path": "data.path"}  # the EvalConfig fields whose command-line key is not the field's name
@@ -82,6 +83,9 @@ def main(argv: list[str] | None = None) -> int:
     render(result, console)
     if cfg.out:
         console.print(f"written to {cfg.out}")
+    export = export_of(cfg.checkpoint)
+    if export is not None:  # an export (or a run's): its model card shows this evaluation
+        console.print(f"model card updated: {record_eval(export, 'robofm-eval', result)}", soft_wrap=True)
     return 0
 
 

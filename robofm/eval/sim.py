@@ -26,6 +26,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from robofm.cli import parse_command
 from robofm.errors import RobofmError, UsageError
+from robofm.models.card import export_of, record_eval
 
 
 @dataclass
@@ -214,6 +215,9 @@ def main(argv: list[str] | None = None) -> int:
         " (layouts not checked against training: train_store=none)"  # fmt: skip
     print(f"{r['task']}: {r['successes']}/{r['episodes']} succeeded{held_out}, success rate {r['success_rate']:.0%} "
           f"(95% CI {r['ci95'][0]:.0%}-{r['ci95'][1]:.0%}); videos and results.json in {r['out']}")  # fmt: skip
+    export = export_of(cfg.policy)
+    if export is not None:  # an export (or a run's): its model card shows this evaluation
+        print(f"model card updated: {record_eval(export, 'robofm-eval-sim', r)}")
     return 0
 
 

@@ -7,7 +7,10 @@
         tokenization/            sequence.json and the text, action and image tokenizers
         trained_on.json          what trained it: its stores and their embodiments, and the base's stores
                                  (read by load_policy for its default embodiment, by robofm-eval-sim for held-out
-                                 layouts)
+                                 layouts), and a summary of its data (robofm.models.card.data_summary)
+        train_config.yaml        the run's resolved robofm-train config
+        README.md                the model card (robofm.models.card), refreshed by robofm-eval and robofm-eval-sim
+        evals/                   their results on it
     RUN/tokenization/            the run's tokenization, written when it starts
     RUN/checkpoints/step-N/      model.safetensors, config.yaml, state.pt (training state: robofm.train.checkpoint)
     RUN/checkpoints/latest       the name of the newest complete checkpoint
@@ -27,6 +30,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from robofm.errors import UsageError
+from robofm.models.card import TRAIN_CONFIG, write_model_card
 from robofm.models.config import SHAPE, ModelConfig, model_config
 from robofm.models.diffusion import FrameDiffusion
 from robofm.models.robofm import RobofmModel
@@ -65,9 +69,11 @@ class Pretrained:
 
 
 def export(directory: Path, model: RobofmModel, builder: SequenceBuilder, diffusion: FrameDiffusion,
-           ema: dict | None = None, trained_on: dict | None = None) -> Path:  # fmt: skip
+           ema: dict | None = None, trained_on: dict | None = None, config: str | None = None) -> Path:  # fmt: skip
     """Write the export folder (see the module docstring); `ema` replaces the model's weights when given;
-    `trained_on` ({"stores": [...], "embodiments": [...], "base_stores": [...]}) becomes trained_on.json."""
+    `trained_on` ({"stores": [...], "embodiments": [...], "base_stores": [...], "data": [...]}) becomes
+    trained_on.json; `config` (the run's resolved config as YAML) train_config.yaml. Last, the model card
+    (README.md, robofm.models.card) is written from all of it."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     weights = ema if ema is not None else model.state_dict()
@@ -78,6 +84,9 @@ def export(directory: Path, model: RobofmModel, builder: SequenceBuilder, diffus
     save_sequence_builder(builder, directory / "tokenization")
     if trained_on is not None:
         (directory / TRAINED_ON).write_text(json.dumps(trained_on, indent=1))
+    if config is not None:
+        (directory / TRAIN_CONFIG).write_text(config)
+    write_model_card(directory)
     return directory
 
 

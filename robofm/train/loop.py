@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader
 
 from robofm.data.store import write_json_atomic
 from robofm.errors import UsageError
+from robofm.models.card import data_summary
 from robofm.models.pretrained import export, from_pretrained, latest_checkpoint, resolve_checkpoint
 from robofm.models.robofm import RobofmModel
 from robofm.objectives.objective import Objective
@@ -300,9 +301,10 @@ class Trainer:
                           "embodiments": sorted({e for st in self.train_ds.stores for e in st.manifest["embodiments"]}),
                           "init_from": str(Path(cfg.init_from).resolve()) if cfg.init_from else None,
                           "base_stores": self.base_stores,
-                          "selected": {"step": self.pos.step} if self.best is None else self.best}  # fmt: skip
+                          "selected": {"step": self.pos.step} if self.best is None else self.best,
+                          "data": data_summary(self.train_ds.stores, self.train_ds.split)}  # fmt: skip
             out = export(self.run_dir / "export", self.model, self.builder, self.objective.diffusion, weights,
-                         trained_on)  # fmt: skip
+                         trained_on, self.config_yaml)  # fmt: skip
         self.logger.close()
         parallelize.finish(self.dist)
         return out

@@ -163,3 +163,15 @@ def test_an_overwrite_that_converts_nothing_leaves_the_old_store_as_it_was(tmp_p
     assert {name: (root / name).read_bytes() for name in before} == before
     assert [q["status"] for q in json.loads((root / FAILED_OVERWRITE).read_text())] == ["failed", "failed"]
     assert len(EpisodeStore(root).episodes) == 2
+
+
+def test_the_data_license_is_recorded_in_the_store(tmp_path):
+    from robofm.data.sources.lerobot import _card_license
+
+    run(tmp_path, ["ok", "ok"], license="cc-by-4.0")
+    provenance = json.loads((tmp_path / "store" / "manifest.json").read_text())["provenance"]
+    assert provenance[-1]["license"] == "cc-by-4.0"
+    (tmp_path / "README.md").write_text("---\nlicense: apache-2.0\ntags: [LeRobot]\n---\n# a dataset card\n")
+    assert _card_license(tmp_path / "README.md") == "apache-2.0"  # a LeRobot dataset's default, from its card
+    (tmp_path / "README.md").write_text("# no header\n")
+    assert _card_license(tmp_path / "README.md") is None and _card_license(tmp_path / "missing.md") is None

@@ -86,6 +86,7 @@ class LeRobotSource:
         if bad:
             raise UsageError(f"episodes {bad} do not exist in {src}: it has episodes 0..{n - 1}")
         self.indices = episodes if episodes is not None else list(range(n))
+        self.license = _card_license(Path(meta.root) / "README.md")
 
     def __str__(self) -> str:
         return str(self.root or self.repo_id)
@@ -241,6 +242,21 @@ def _reader(video: Path, episode: str) -> VideoReader:
 def _forget_reader(video: Path) -> None:
     for key in [k for k in _READERS if k[0] == video]:
         _READERS.pop(key).close()
+
+
+def _card_license(card: Path) -> str | None:
+    """The `license` of a dataset card's YAML header (the Hub's README.md), or None."""
+    import yaml
+
+    try:
+        text = card.read_text(encoding="utf-8")
+        if not text.startswith("---"):
+            return None
+        header = yaml.safe_load(text.split("---", 2)[1])
+    except (OSError, UnicodeDecodeError, IndexError, yaml.YAMLError):
+        return None
+    value = header.get("license") if isinstance(header, dict) else None
+    return str(value) if isinstance(value, str | int) and str(value).strip() else None
 
 
 def _names(feature: dict | None) -> list[str] | None:
