@@ -16,13 +16,14 @@ PYTHON312 ?= $(shell for p in python3.12 $$HOME/.pyenv/versions/3.12*/bin/python
 
 .PHONY: demo test gl bench lint clean
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml plugins/lerobot_policy_robofm/pyproject.toml
 	@test -n "$(PYTHON312)" || { echo "Python 3.12 not found: install it and make python3.12 runnable"; exit 1; }
 	@free=$$(df -Pk . | awk 'NR==2 {print int($$4 / 1048576)}'); test -x $(PY) || test "$$free" -ge 7 || \
 	  { echo "The environment needs about 7 GB of disk (PyTorch's CUDA build and its libraries); $$free GB free here"; exit 1; }
 	test -x $(PY) || $(PYTHON312) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e ".[dev,sim]"
+	$(PY) -m pip install -q -e plugins/lerobot_policy_robofm  # robofm as a LeRobot policy (lerobot-eval --policy.path)
 	@$(MAKE) --no-print-directory gl
 	touch $@
 
@@ -66,7 +67,7 @@ bench: $(VENV)/.installed
 
 # ruff, and the layers of robofm (pyproject.toml's import-linter contract: no module imports from a layer above it)
 lint: $(VENV)/.installed
-	$(VENV)/bin/ruff check robofm tests benchmarks scripts
+	$(VENV)/bin/ruff check robofm tests benchmarks scripts plugins
 	$(VENV)/bin/lint-imports
 
 clean:

@@ -88,6 +88,19 @@ class Policy:
         self.t += 1
         return action.astype(np.float32)
 
+    def predict_chunk(self, observation: dict) -> np.ndarray:
+        """The chunk [stride, action_dim] (robot units) predicted from the history and this observation, as
+        select_action would predict it now; the history, queue and random generator are left as they were."""
+        frames, state, task = self._check(observation)
+        kept, rng = (self.frames.copy(), self.states.copy()), self.generator.get_state()
+        self.frames.append(frames)
+        self.states.append(state)
+        try:
+            return self._predict(task).astype(np.float32)
+        finally:
+            self.frames, self.states = kept
+            self.generator.set_state(rng)
+
     @torch.no_grad()
     def _predict(self, task: str) -> np.ndarray:
         """A chunk [stride, action_dim] from the observations stride steps apart ending now."""

@@ -10,6 +10,8 @@
                                  layouts), and a summary of its data (robofm.models.card.data_summary)
         train_config.yaml        the run's resolved robofm-train config
         README.md                the model card (robofm.models.card), refreshed by robofm-eval and robofm-eval-sim
+        config.json, policy_{pre,post}processor.json   what LeRobot's factory reads (--policy.path=EXPORT): the
+                                 lerobot_policy_robofm plugin (plugins/) loads the export as a LeRobot policy
         evals/                   their results on it
     RUN/tokenization/            the run's tokenization, written when it starts
     RUN/checkpoints/step-N/      model.safetensors, config.yaml, state.pt (training state: robofm.train.checkpoint)
@@ -86,8 +88,63 @@ def export(directory: Path, model: RobofmModel, builder: SequenceBuilder, diffus
         (directory / TRAINED_ON).write_text(json.dumps(trained_on, indent=1))
     if config is not None:
         (directory / TRAIN_CONFIG).write_text(config)
+    write_lerobot_files(directory, builder, trained_on)
     write_model_card(directory)
     return directory
+
+
+def write_lerobot_files(directory: Path, builder: SequenceBuilder, trained_on: dict | None = None) -> None:
+    """LeRobot's files in an export, so that `--policy.path=EXPORT` loads it as the policy type "robofm" (the
+    lerobot_policy_robofm plugin): config.json (what LeRobot's PreTrainedConfig.from_pretrained parses; the model's
+    cameras as `observation.images.<camera>` at its frame size (3, H, W), the state and the action of the default
+    embodiment) and pass-through processors (robofm normalizes inside the policy). Plain JSON: no lerobot import."""
+    directory = Path(directory)
+    embodiments = (trained_on or {}).get("embodiments") or builder.embodiments
+    embodiment = embodiments[0] if len(embodiments) == 1 else None  # several: --policy.embodiment=NAME
+    state_dim = builder.state_norm.dims(embodiment) if embodiment else builder.state_dim
+    action_dim = builder.action_norm.dims(embodiment) if embodiment else builder.action_dim
+    h, w = builder.frame_shape[:2]
+    inputs = {f"observation.images.{cam}": {"type": "VISUAL", "shape": [3, h, w]} for cam in builder.cameras}
+    inputs["observation.state"] = {"type": "STATE", "shape": [state_dim]}
+    tasks = _trained_tasks(trained_on)
+    config = {
+        "type": "robofm",
+        "input_features": inputs,
+        "output_features": {"action": {"type": "ACTION", "shape": [action_dim]}},
+        "push_to_hub": False,
+        "embodiment": embodiment,
+        "task": tasks[0] if len(tasks) == 1 else "",
+    }
+    device = {"registry_name": "device_processor", "config": {"device": "cpu", "float_dtype": None}}
+    rename = {"registry_name": "rename_observations_processor", "config": {"rename_map": {}}}
+    pipelines = {
+        "policy_preprocessor": [rename, {"registry_name": "to_batch_processor", "config": {}}, device],
+        "policy_postprocessor": [device],
+    }
+    (directory / "config.json").write_text(json.dumps(config, indent=1))
+    for name, steps in pipelines.items():
+        (directory / f"{name}.json").write_text(json.dumps({"name": name, "steps": steps}, indent=1))
+
+
+def add_lerobot_files(path: str | Path) -> Path:
+    """Write LeRobot's files (write_lerobot_files) into an export made before robofm wrote them; the export."""
+    pre = from_pretrained(path)
+    if not pre.source.startswith("export "):
+        raise UsageError(f"{path} is not an export folder: LeRobot loads exports (RUN/export)")
+    directory = Path(pre.source.removeprefix("export "))
+    write_lerobot_files(directory, pre.builder, pre.trained_on or None)
+    return directory
+
+
+def _trained_tasks(trained_on: dict | None) -> list[str]:
+    """The distinct tasks of the stores that trained the model (their manifests), [] where unknown."""
+    tasks: set[str] = set()
+    for store in (trained_on or {}).get("stores", []):
+        try:
+            tasks |= {e["task"] for e in json.loads((Path(store) / "manifest.json").read_text())["episodes"]}
+        except (OSError, ValueError, KeyError, TypeError):
+            return []
+    return sorted(tasks)
 
 
 def from_pretrained(path: str | Path, device: str | torch.device = "cpu") -> Pretrained:

@@ -1,0 +1,1 @@
+from tests.train.conftest import tiny_store  # noqa: F401  (the debug store the export trains on)
