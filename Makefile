@@ -67,7 +67,7 @@ bench: $(VENV)/.installed
 
 # ruff, and the layers of robofm (pyproject.toml's import-linter contract: no module imports from a layer above it)
 lint: $(VENV)/.installed
-	$(VENV)/bin/ruff check robofm tests benchmarks scripts plugins
+	$(VENV)/bin/ruff check robofm tests benchmarks scripts plugins examples
 	$(VENV)/bin/lint-imports
 
 clean:
