@@ -21,13 +21,16 @@ An error leaves the connection open and the episode as it was. Each connection i
 see each other's observations; a new connection starts as a freshly reset policy does. Inference runs in one worker
 thread, one request at a time, off the event loop, so `GET /healthz` (200 "OK") and other connections are answered
 while a chunk is predicted. The keys are ServeConfig's fields (`--help` lists them, `--cfg job` prints the resolved
-config); exit status 2 on a usage error or when the port is taken."""
+config). Ctrl-C or SIGTERM stops it (open connections are closed with 1001, going away); exit status 2 on a usage
+error or when the port is taken."""
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
 import logging
+import os
+import signal
 import sys
 import threading
 from collections.abc import Callable
@@ -211,8 +214,9 @@ def _health(connection, request):
 class Client:
     """A served policy with load_policy's interface: `select_action(observation) -> action [action_dim] float32`
     and `reset()`; `cameras`, `state_dim`, `action_dim`, `embodiment` and `stride` from the server's metadata.
-    Errors the server replies with (a malformed observation) raise UsageError with its message; every wait is
-    bounded by `timeout` seconds (TimeoutError). Use it as a context manager, or close() it."""
+    Errors the server replies with (a malformed observation) raise UsageError with its message, a server that is
+    gone ConnectionError; every wait is bounded by `timeout` seconds (TimeoutError). Use it as a context manager,
+    or close() it."""
 
     def __init__(self, host: str = "127.0.0.1", port: int = 8000, *, timeout: float | None = 60.0) -> None:
         from websockets.sync.client import connect
@@ -245,8 +249,13 @@ class Client:
         self.close()
 
     def _request(self, request: dict) -> dict:
-        self._ws.send(pack(request))
-        reply = unpack(self._ws.recv(self.timeout))
+        from websockets.exceptions import ConnectionClosed
+
+        try:
+            self._ws.send(pack(request))
+            reply = unpack(self._ws.recv(self.timeout))
+        except ConnectionClosed as e:
+            raise ConnectionError(f"robofm-serve at {self.url} closed the connection ({e})") from None
         if "error" in reply:
             raise UsageError(reply["error"])
         return reply
@@ -287,16 +296,19 @@ def main(argv: list[str] | None = None) -> int:
     server = PolicyServer(policy, cfg.host, cfg.port)
 
     def announce() -> None:
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, server.stop)  # docker stop, systemd: as Ctrl-C
         url = f"{server.host}:{server.port}"
         print(f"robofm-serve: serving {cfg.policy} on ws://{url} (health: http://{url}/healthz)", flush=True)
 
     try:
         asyncio.run(server.serve(announce))
     except OSError as e:
-        print(f"robofm-serve: error: cannot listen on {cfg.host}:{cfg.port}: {e.strerror or e}", file=sys.stderr)
+        why = os.strerror(e.errno).lower() if e.errno else str(e)
+        print(f"robofm-serve: error: cannot listen on {cfg.host}:{cfg.port}: {why}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("robofm-serve: stopped", file=sys.stderr)
+        pass
+    print("robofm-serve: stopped", file=sys.stderr)
     return 0
 
 

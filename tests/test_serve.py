@@ -204,3 +204,13 @@ def test_the_health_check_answers_while_a_client_waits_on_inference(export, serv
         finally:
             release.set()
         assert pending.result(timeout=WAIT).shape == (2,)
+
+
+def test_a_stopped_server_closes_its_connections(export):
+    """stop() closes open connections (1001, going away): the client raises ConnectionError instead of waiting."""
+    server = PolicyServer(robofm.load_policy(export), "127.0.0.1", 0).start()
+    with Client("127.0.0.1", server.port, timeout=WAIT) as client:
+        assert client.select_action(observation(0)).shape == (2,)
+        server.stop()
+        with pytest.raises(ConnectionError, match="closed the connection"):
+            client.select_action(observation(1))
