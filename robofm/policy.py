@@ -17,6 +17,7 @@ fine-tuned on (the export's trained_on.json); name it where the data held severa
 
 from __future__ import annotations
 
+import copy
 from collections import deque
 from pathlib import Path
 
@@ -64,6 +65,14 @@ class Policy:
         self.predictions: deque[tuple[int, np.ndarray]] = deque()  # (step it was made, chunk) for ensembling
         self.t = 0
         self.generator = torch.Generator().manual_seed(self.seed)
+
+    def fork(self) -> Policy:
+        """A policy with this one's model, builder and settings (shared, not copied) and an episode state of its
+        own, freshly reset: what robofm-serve gives each connection. Its actions are those of a new load_policy
+        with the same settings; the two may not run inference at the same time (the model is shared)."""
+        forked = copy.copy(self)
+        forked.reset()
+        return forked
 
     # ------------------------------------------------------------------------------------------------ acting
 
@@ -133,6 +142,8 @@ class Policy:
             got = sorted(obs) if isinstance(obs, dict) else type(obs).__name__
             raise UsageError(f"observation must be {want}; got {got}")
         images = obs["images"]
+        if not isinstance(images, dict):
+            raise UsageError(f"observation images must be a dict of camera name to image; expected {want}")
         missing = [c for c in self.builder.cameras if c not in images]
         if missing:
             raise UsageError(f"observation images lack camera(s) {missing}; expected {want}")

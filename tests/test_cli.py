@@ -99,16 +99,18 @@ def test_usage_errors_exit_2_with_one_line_naming_the_key(argv, message, capsys)
 def _commands():
     from robofm.eval.__main__ import main as eval_main
     from robofm.eval.sim import main as sim_main
+    from robofm.serve import main as serve_main
     from robofm.viz.__main__ import main as viz_main
 
     return {
         "robofm-eval": (eval_main, ["checkpoint=run", "data.path=store"], {"horizons": [1, 4, 16], "split": "val"}),
         "robofm-viz": (viz_main, ["checkpoint=run", "data.path=store"], {"horizon": 16, "what_if": None}),
         "robofm-eval-sim": (sim_main, ["policy=run", "task=reach-v3"], {"episodes": 20, "fps": 20.0}),
+        "robofm-serve": (serve_main, ["policy=run"], {"host": "127.0.0.1", "port": 8000, "ensemble": None}),
     }
 
 
-@pytest.mark.parametrize("command", ["robofm-eval", "robofm-viz", "robofm-eval-sim"])
+@pytest.mark.parametrize("command", ["robofm-eval", "robofm-viz", "robofm-eval-sim", "robofm-serve"])
 def test_every_command_has_help_and_cfg(command, capsys):
     main, required, defaults = _commands()[command]
     with pytest.raises(SystemExit) as e:
@@ -121,7 +123,7 @@ def test_every_command_has_help_and_cfg(command, capsys):
     assert e.value.code == 0
     printed = yaml.safe_load(capsys.readouterr().out)
     assert {k: printed[k] for k in defaults} == defaults
-    if command != "robofm-eval-sim":
+    if command not in ("robofm-eval-sim", "robofm-serve"):
         assert printed["data"] == {"path": "store"}
     with pytest.raises(SystemExit) as e:
         main([*required, "colour=red"])

@@ -93,3 +93,18 @@ def test_the_past_chunks_are_the_actions_executed_between_the_observations(expor
     for t in range(2 * s, 9):  # step t predicts from the observations of steps t - s and t (window_len 2)
         np.testing.assert_array_equal(batches[t]["state"][0, :, 0].numpy(), [t - s, t])
         np.testing.assert_array_equal(batches[t]["actions"][0, 0].numpy(), np.stack(sent[t - s : t]))
+
+
+def test_a_fork_shares_the_model_and_starts_its_own_episode(export):
+    """Policy.fork (a robofm-serve connection): the same weights, a fresh history and generator, and the episode
+    it forked from goes on untouched."""
+    policy = robofm.load_policy(export, temperature=1.0, seed=3)
+    first = [policy.select_action(observation(t)) for t in range(3)]
+    fork = policy.fork()
+    assert fork.model is policy.model and fork.frames is not policy.frames and len(fork.frames) == 0
+    forked = [fork.select_action(observation(t)) for t in range(3)]
+    rest = [policy.select_action(observation(t)) for t in range(3, 5)]
+    fresh = robofm.load_policy(export, temperature=1.0, seed=3)
+    expected = [fresh.select_action(observation(t)) for t in range(5)]
+    assert all(np.array_equal(a, b) for a, b in zip(first + rest, expected, strict=True))
+    assert all(np.array_equal(a, b) for a, b in zip(forked, expected[:3], strict=True))
