@@ -335,7 +335,7 @@ class VideoReader:
     def __init__(self, path: Path, episode: str) -> None:
         self.path, self.pid = path, os.getpid()
         self.container, self.stream = _open_video(path, episode)
-        self.stream.thread_type = "AUTO"
+        self.stream.thread_type = "SLICE"  # no frame threads: the damage a decode flags must not depend on timing
         self.rate = self.stream.average_rate or self.stream.guessed_rate
         self.time_base = float(self.stream.time_base)  # float arithmetic: Fraction per frame costs as much as decoding
         self._decoded: Iterator | None = None  # frames from the decoder, as (time, frame)
