@@ -520,10 +520,10 @@ def main(argv: list[str] | None = None) -> int:
         workers=args.workers, shard_size_mb=args.shard_size, compression=args.compression,
         embodiment=args.embodiment, mode="overwrite" if args.overwrite else "append" if args.append else "create",
         strict=args.strict, val_fraction=args.val_fraction, split_by=args.split_by, dedup_against=args.dedup_against,
+        quality=quality,
         latents=args.latents, license=args.license, argv=["robofm-convert", *argv],
     )  # fmt: skip
     try:
-        opts.quality = quality
         check_out(opts.out)
         if opts.mode == "create" and (opts.out / "manifest.json").exists():
             raise UsageError(f"{opts.out} already holds a store: pass --overwrite to replace it or --append to add")

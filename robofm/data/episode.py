@@ -164,7 +164,7 @@ def resample(ep: Episode, fps: float) -> Episode:
     return ep
 
 
-def _thumbnail(frames: np.ndarray) -> np.ndarray:
+def grid_thumbnail(frames: np.ndarray) -> np.ndarray:
     """Every frame sampled on a grid of about 16 x 16 pixels: a strided view, no copy."""
     return frames[:, :: max(1, frames.shape[1] // 16), :: max(1, frames.shape[2] // 16)]
 
@@ -176,7 +176,7 @@ def content_hash(ep: Episode) -> str:
         if arr is not None:
             h.update(np.ascontiguousarray(arr, dtype=np.float32).tobytes())
     for cam in sorted(ep.frames):
-        h.update(np.ascontiguousarray(_thumbnail(ep.frames[cam])).tobytes())
+        h.update(np.ascontiguousarray(grid_thumbnail(ep.frames[cam])).tobytes())
     return h.hexdigest()
 
 
@@ -188,7 +188,7 @@ def motion(ep: Episode) -> dict[str, float]:
         out[name] = float(arr.std(axis=0).max()) if arr is not None and arr.size else 0.0
     frame_change = 0.0
     for fr in ep.frames.values():
-        small = _thumbnail(fr).astype(np.int16)
+        small = grid_thumbnail(fr).astype(np.int16)
         frame_change = max(frame_change, float(np.abs(small - small[:1]).mean(axis=(1, 2, 3)).max()))
     out["frame_change"] = frame_change
     return out

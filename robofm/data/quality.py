@@ -30,7 +30,7 @@ from dataclasses import dataclass, fields
 
 import numpy as np
 
-from robofm.data.episode import Episode, motion
+from robofm.data.episode import Episode, grid_thumbnail, motion
 from robofm.data.store import EpisodeStore
 from robofm.errors import UsageError
 
@@ -124,8 +124,9 @@ def measure(ep: Episode, cfg: QualityConfig, thumbs: dict[str, Thumbnails] | Non
     longest frozen run. `thumbs`: the episode's `thumbnails` per camera when the caller has them already."""
     m = {"length": ep.length, **motion(ep)}
     frozen = _frozen_runs(ep)
-    for cam, fr in sorted(ep.frames.items()):
-        grey = thumbs[cam].grey16 if thumbs else _grey_thumbnails(fr, 16)
+    thumbs = thumbs or {c: thumbnails(fr) for c, fr in ep.frames.items()}
+    for cam in sorted(ep.frames):
+        grey = thumbs[cam].grey16
         m[f"blank_fraction/{cam}"] = float((grey.std(axis=(1, 2)) < cfg.blank_std).mean())
         m[f"frozen_run/{cam}"] = frozen[cam]
     return m
@@ -189,7 +190,7 @@ def _frozen_runs(ep: Episode, min_travel: float = 0.25) -> dict[str, int]:
 def _same_as_next(frames: np.ndarray) -> np.ndarray:
     """bool [T]: frame t equals frame t + 1 exactly (False for the last). Only pairs whose pixels on a coarse
     grid agree are compared in full: camera frames differ on the grid almost always."""
-    small = frames[:, :: max(1, frames.shape[1] // 16), :: max(1, frames.shape[2] // 16)]  # a view, no copy
+    small = grid_thumbnail(frames)  # a view, no copy
     flags = np.zeros(len(frames), dtype=bool)
     if len(frames) > 1:
         candidates = np.flatnonzero((small[1:] == small[:-1]).reshape(len(frames) - 1, -1).all(axis=1))
@@ -216,12 +217,6 @@ def thumbnails(frames: np.ndarray) -> Thumbnails:
     else:
         sums8, count8 = _grey_block_sums(frames, 8)
     return Thumbnails((sums16 / count16).astype(np.float32), (sums8 / count8).astype(np.float32))
-
-
-def _grey_thumbnails(frames: np.ndarray, size: int) -> np.ndarray:
-    """float32 [T, size, size] block-mean grey thumbnails (the frame cropped to a multiple of size)."""
-    sums, count = _grey_block_sums(frames, size)
-    return (sums / count).astype(np.float32)
 
 
 def _grey_block_sums(frames: np.ndarray, size: int) -> tuple[np.ndarray, int]:
@@ -259,8 +254,8 @@ def fingerprint(ep: Episode, num_perm: int = 128, thumbs: dict[str, Thumbnails] 
     """The episode's Fingerprint; `thumbs` as for `measure`."""
     parts = [a for a in (ep.state, ep.action) if a is not None and a.size]
     signal = np.concatenate(parts, axis=1).astype(np.float32) if parts else np.zeros((ep.length, 0), np.float32)
-    per_camera = [thumbs[c].grey8 if thumbs else _grey_thumbnails(ep.frames[c], 8) for c in sorted(ep.frames)]
-    grey = np.stack(per_camera, axis=1)  # (T, C, 8, 8)
+    thumbs = thumbs or {c: thumbnails(fr) for c, fr in ep.frames.items()}
+    grey = np.stack([thumbs[c].grey8 for c in sorted(ep.frames)], axis=1)  # (T, C, 8, 8)
     return Fingerprint(signal, grey.round().astype(np.uint8), (minhash(signal_shingles(signal), num_perm),
                                                                minhash(frame_shingles(grey), num_perm)))  # fmt: skip
 
