@@ -35,7 +35,10 @@ def make_lerobot_dataset(
         features[f"observation.images.{cam}"] = {"dtype": "video", "shape": (h, w, 3), "names": ["height", "width", "channels"]}
     if layouts:
         features["layout"] = {"dtype": "int64", "shape": (2,), "names": ["mt1_seed", "mt1_index"]}
-    ds = LeRobotDataset.create(repo_id=repo_id, fps=fps, features=features, root=root, use_videos=True)
+    from tests.video import ENCODER_THREADS
+
+    ds = LeRobotDataset.create(repo_id=repo_id, fps=fps, features=features, root=root, use_videos=True,
+                               encoder_threads=ENCODER_THREADS)  # fmt: skip
     rng = np.random.default_rng(seed)
     for e in range(episodes):
         for t in range(length):

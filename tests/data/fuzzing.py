@@ -33,6 +33,7 @@ import pandas as pd
 
 from robofm.data.convert import main
 from robofm.data.store import EpisodeStore
+from tests.video import ENCODER_THREADS, add_stream, open_output
 
 EPISODES, T, SIZE = 3, 24, 32  # episodes per template, frames per episode, frame side
 TARGET = 1  # the episode a mutation damages (per-episode sources)
@@ -96,8 +97,8 @@ def write_robomimic(path: Path, seeds: list[int]) -> None:
 
 def write_video(path: Path, seed: int, container: str) -> None:
     codec, pix_fmt = CONTAINERS[container]
-    with av.open(str(path), "w") as out:
-        stream = out.add_stream(codec, rate=10)
+    with open_output(path) as out:
+        stream = add_stream(out, codec, 10)
         stream.height = stream.width = SIZE
         stream.pix_fmt = pix_fmt
         for im in frames(seed):
@@ -127,7 +128,8 @@ def write_lerobot(root: Path) -> None:
                 "observation.images.front": {"dtype": "video", "shape": (SIZE, SIZE, 3),
                                              "names": ["height", "width", "channels"]}}  # fmt: skip
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-        ds = LeRobotDataset.create(repo_id="robofm/fuzz", fps=10, features=features, root=root, use_videos=True)
+        ds = LeRobotDataset.create(repo_id="robofm/fuzz", fps=10, features=features, root=root, use_videos=True,
+                                   encoder_threads=ENCODER_THREADS)  # fmt: skip
         for e in range(EPISODES):
             state, action, images = walk(e, 3), walk(e + 100, 2), frames(e)
             for t in range(T):

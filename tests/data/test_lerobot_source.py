@@ -91,12 +91,14 @@ def test_a_data_table_missing_its_last_rows_fails_that_episode(tmp_path):
 def test_a_video_with_fewer_frames_than_timestamps_fails_the_episodes_it_does_not_cover(tmp_path):
     import av
 
+    from tests.video import add_stream, open_output
+
     ds = make_lerobot_dataset(tmp_path / "ds", episodes=2, length=16)
     video_file = next((ds / "videos").rglob("*.mp4"))
     with av.open(str(video_file)) as src:
         frames = [f.to_ndarray(format="rgb24") for f in src.decode(video=0)][:28]  # of 32: episode 1 loses 4
-    with av.open(str(video_file), "w") as dst:
-        stream = dst.add_stream("mpeg4", rate=10)
+    with open_output(video_file) as dst:
+        stream = add_stream(dst, "mpeg4", 10)
         stream.height, stream.width, stream.pix_fmt = 32, 32, "yuv420p"
         for img in frames:
             dst.mux(stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")))

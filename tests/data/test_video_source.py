@@ -18,14 +18,15 @@ import pytest
 from robofm.data.convert import main
 from robofm.data.sources import video
 from robofm.data.store import EpisodeStore
+from tests.video import add_stream, open_output
 
 T0 = 100.0  # telemetry clock at its first row: video PTS 0 lands here
 
 
 def write_video(path: Path, n: int, fps: int = 30, size: tuple[int, int] = (48, 64)) -> Path:
     """n frames of size (h, w); frame i is uniformly grey at 10 + 6 * i."""
-    with av.open(str(path), "w", options={"movflags": "+faststart"}) as container:
-        stream = container.add_stream("libx264", rate=fps)
+    with open_output(path, movflags="+faststart") as container:
+        stream = add_stream(container, "libx264", fps)
         stream.height, stream.width, stream.pix_fmt = *size, "yuv420p"
         for i in range(n):
             img = np.full((*size, 3), 10 + 6 * i, np.uint8)
@@ -270,8 +271,8 @@ def test_decoded_frames_equal_pyav_across_chunks_at_any_size(tmp_path, size):
 
     n = 2 * FRAME_CHUNK + 22
     path = tmp_path / "long.mp4"
-    with av.open(str(path), "w") as out:
-        stream = out.add_stream("libx264", rate=30)
+    with open_output(path) as out:
+        stream = add_stream(out, "libx264", 30)
         stream.height = stream.width = 32
         for image in frames(3, n):
             out.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))

@@ -323,6 +323,22 @@ def video_rate(path: Path, episode: str) -> float:
     return (len(pts) - 1) / float(pts[-1] - pts[0])
 
 
+# What a decode flags as damaged must not depend on the machine: FFmpeg's frame threads flag damage by timing, h264's
+# slice threads sometimes leave a concealed slice unflagged, and dav1d (AV1), which threads frames by itself whatever
+# thread_type says, flags a different frame on 1 CPU than on 2. So decoders run on one thread, except dav1d: one thread
+# would decode AV1 at 0.4x, so it gets a fixed pool (FFmpeg's own choice on 2 CPUs) whatever the CPU count.
+DAV1D_THREADS, DAV1D_FRAMES_IN_FLIGHT = 3, 2
+
+
+def _fix_decoder_threads(codec_context: av.CodecContext) -> None:
+    """Thread settings that do not depend on the CPUs the process may use, set before the decoder opens."""
+    if codec_context.name == "libdav1d":
+        codec_context.thread_count = DAV1D_THREADS
+        codec_context.options = {**codec_context.options, "max_frame_delay": str(DAV1D_FRAMES_IN_FLIGHT)}
+    else:
+        codec_context.thread_type, codec_context.thread_count = "SLICE", 1
+
+
 class VideoReader:
     """An open video whose decoder goes forward across reads: reading the spans of consecutive episodes of one
     file (a LeRobot v3 video holds many) decodes every frame once, with one open and no seek between them.
@@ -335,7 +351,7 @@ class VideoReader:
     def __init__(self, path: Path, episode: str) -> None:
         self.path, self.pid = path, os.getpid()
         self.container, self.stream = _open_video(path, episode)
-        self.stream.thread_type = "SLICE"  # no frame threads: the damage a decode flags must not depend on timing
+        _fix_decoder_threads(self.stream.codec_context)
         self.rate = self.stream.average_rate or self.stream.guessed_rate
         self.time_base = float(self.stream.time_base)  # float arithmetic: Fraction per frame costs as much as decoding
         self._decoded: Iterator | None = None  # frames from the decoder, as (time, frame)
