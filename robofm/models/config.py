@@ -66,6 +66,7 @@ class ModelConfig:
     max_patches: int = 256
     action_chunk_dim: int = 0  # stride x action_dim: the values of one action chunk (the NOISY condition's input)
     adaln: bool = False  # modulate NOISY tokens in every block from their diffusion time and action chunk
+    prev_frame_input: bool = False  # add each NOISY token's patch of the frame before to its input (older exports: off)
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -99,6 +100,8 @@ class ModelConfig:
         if self.adaln:  # per block 6 modulations (weights and biases); the action chunk's input projection
             block += 6 * d * d + 6 * d
             inputs += 2 * self.action_chunk_dim * d
+        if self.prev_frame_input:  # the previous patch's input projection
+            inputs += self.patch_dim * d
         return self.depth * block + embed + inputs + heads
 
 

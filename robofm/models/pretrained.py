@@ -184,7 +184,8 @@ def from_pretrained(path: str | Path, device: str | torch.device = "cpu") -> Pre
         shape = {k: model.get(k) for k in SHAPE}  # what the run set over its size's preset (None: the preset's)
         try:
             attention, adaln = model.get("attention", "sdpa"), model.get("adaln", False)
-            cfg = model_config(builder, model["size"], attention=attention, adaln=adaln, **shape)
+            prev = model.get("prev_frame_input", False)  # runs from before the option had none
+            cfg = model_config(builder, model["size"], attention=attention, adaln=adaln, prev_frame_input=prev, **shape)
         except (TypeError, ValueError, KeyError) as e:
             raise UsageError(f"{ckpt / 'config.yaml'}: cannot rebuild the model from its model keys: {e}") from e
     return _load(cfg, ckpt / "model.safetensors", builder, load_diffusion(ckpt), f"checkpoint {ckpt}", device)

@@ -39,7 +39,10 @@ class RobofmModel(nn.Module):
     """forward(seq, cache=None, append=True) -> ModelOutput: the hidden states and both heads' outputs where they
     are read, so a loss (or a DDP/FSDP wrapper) needs only forward. Discrete tokens enter through the shared embedding table; patches and state through linear
     projections; every token gets its modality embedding, image tokens their camera and patch-position
-    embeddings, and NOISY tokens the embedding of their diffusion time."""
+    embeddings, and NOISY tokens the embedding of their diffusion time. With cfg.prev_frame_input a NOISY token also
+    gets the projection of the patch it changes (the same patch of the frame before, seq.frame_prev), as DIAMOND
+    stacks the last frame with the noisy one: the motion it must predict is then a change of its own input, not
+    something to find by attention."""
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
@@ -53,6 +56,7 @@ class RobofmModel(nn.Module):
         self.state_in = nn.Linear(2 * cfg.state_dim, d, bias=False)
         self.time_mlp = nn.Sequential(nn.Linear(256, d, bias=False), nn.SiLU(), nn.Linear(d, d, bias=False))
         self.action_in = nn.Linear(2 * cfg.action_chunk_dim, d, bias=False) if cfg.adaln else None
+        self.prev_patch_in = nn.Linear(cfg.patch_dim, d, bias=False) if cfg.prev_frame_input else None
         self.backbone = Backbone(cfg)
         self.token_head = nn.Linear(d, cfg.vocab_size, bias=False)
         self.frame_head = nn.Linear(d, cfg.patch_dim, bias=False)
@@ -87,7 +91,17 @@ class RobofmModel(nn.Module):
         noisy = m == NOISY
         if noisy.any():
             x = x + self.time_mlp(time_features(seq.noise_level)) * noisy[..., None]
+            if self.prev_patch_in is not None:
+                x = self._add_prev_patches(x, seq, noisy[0])
         return x
+
+    def _add_prev_patches(self, x: Tensor, seq, noisy: Tensor) -> Tensor:
+        """x with each NOISY token's previous patch projected in. seq.frame_prev holds every NOISY token's, in
+        sequence order, so a slice of a sequence (inference) must hold all of its NOISY tokens or none."""
+        rows = noisy.nonzero().squeeze(1)  # (N,): one layout for the whole batch
+        if len(rows) != seq.frame_prev.shape[1]:
+            raise ValueError(f"a slice with {len(rows)} of the sequence's {seq.frame_prev.shape[1]} NOISY tokens")
+        return x.index_add(1, rows, self.prev_patch_in(seq.frame_prev).to(x.dtype))
 
     def forward(self, seq, cache: KVCache | None = None, append: bool = True) -> ModelOutput:
         """With a cache, the tokens of `seq` attend to the cached ones too; append=True adds them to the cache."""

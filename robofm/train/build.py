@@ -12,6 +12,7 @@ from robofm.data.dataset import EpisodeWindowDataset, StoreSpec
 from robofm.errors import UsageError
 from robofm.models.config import model_config
 from robofm.models.robofm import RobofmModel
+from robofm.sim.tasks import HELD_OUT_INSTRUCTIONS
 from robofm.tokenization.build import build_sequence_builder, load_sequence_builder
 from robofm.tokenization.sequence import SequenceBuilder
 from robofm.train.config import DataConfig, OptimConfig, TrainConfig
@@ -45,6 +46,22 @@ def build_datasets(cfg: TrainConfig, rank: int = 0,
     return train, val
 
 
+def refuse_held_out_tasks(cfg: TrainConfig, train: EpisodeWindowDataset) -> None:
+    """Pretraining (no init_from) on episodes of MetaWorld ML45's test tasks (robofm.sim.tasks.HELD_OUT_TASKS, known
+    by their instructions) would contaminate the few-shot benchmark that fine-tunes on them: UsageError naming the
+    store and the tasks, unless data.allow_held_out_tasks. Every split counts: a val episode is data too."""
+    if cfg.init_from or cfg.data.allow_held_out_tasks:
+        return
+    for store in train.stores:
+        found = sorted({HELD_OUT_INSTRUCTIONS[e.task.strip()] for e in store.episodes
+                        if e.task.strip() in HELD_OUT_INSTRUCTIONS})  # fmt: skip
+        if found:
+            raise UsageError(f"{store.root}: holds episodes of {', '.join(found)}, test tasks of MetaWorld ML45 that "
+                             f"no pretraining corpus may hold (the few-shot benchmark fine-tunes on them): fine-tune "
+                             f"on them with init_from=BASE, or pretrain on them anyway with "
+                             f"data.allow_held_out_tasks=true")  # fmt: skip
+
+
 def build_builder(cfg: TrainConfig, train: EpisodeWindowDataset, saved: Path | None = None) -> SequenceBuilder:
     """The run's tokenization: loaded from `saved` (a resumed run) or built (and FAST fitted) from the data."""
     if saved is not None and (saved / "sequence.json").is_file():
@@ -54,7 +71,8 @@ def build_builder(cfg: TrainConfig, train: EpisodeWindowDataset, saved: Path | N
 
 def build_model(cfg: TrainConfig, builder: SequenceBuilder) -> RobofmModel:
     model = cfg.model
-    return RobofmModel(model_config(builder, model.size, attention=model.attention, adaln=model.adaln, **model.shape()))
+    return RobofmModel(model_config(builder, model.size, attention=model.attention, adaln=model.adaln,
+                                    prev_frame_input=model.prev_frame_input, **model.shape()))  # fmt: skip
 
 
 def build_optimizer(model: nn.Module, optim: OptimConfig) -> torch.optim.AdamW:

@@ -42,6 +42,7 @@ class DataConfig:
     samples_per_epoch: int | None = None
     val_batches: int = 4
     shift: int = 0  # random-shift augmentation of training windows: each camera moves up to this many pixels
+    allow_held_out_tasks: bool = False  # pretrain on MetaWorld ML45's test tasks (build.refuse_held_out_tasks)
 
     def __post_init__(self) -> None:
         _check("data.batch_size", self.batch_size, self.batch_size >= 1, ">= 1")
@@ -56,11 +57,13 @@ class ModelSchema:
     """size: a preset of robofm.models.config.SIZES; dim, depth, heads, ffn_dim: null keeps the preset's, a value
     replaces it (`model.size=small model.dim=192 model.depth=6 model.heads=6`; ffn_dim 0: 8/3 of dim); attention:
     sdpa | flex; adaln: modulate the NOISY tokens in every block from their diffusion time and action chunk
-    (robofm.models.backbone.Block)."""
+    (robofm.models.backbone.Block); prev_frame_input: each NOISY token also takes in the patch it changes, from the
+    frame before (robofm.models.robofm.RobofmModel)."""
 
     size: str = "small"
     attention: str = "sdpa"
     adaln: bool = False
+    prev_frame_input: bool = True
     dim: int | None = None
     depth: int | None = None
     heads: int | None = None

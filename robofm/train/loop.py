@@ -26,7 +26,14 @@ from robofm.objectives.objective import Objective
 from robofm.tokenization.build import save_sequence_builder
 from robofm.tokenization.sequence import Sequence
 from robofm.train import finetune, parallelize
-from robofm.train.build import build_builder, build_datasets, build_model, build_optimizer, build_scheduler
+from robofm.train.build import (
+    build_builder,
+    build_datasets,
+    build_model,
+    build_optimizer,
+    build_scheduler,
+    refuse_held_out_tasks,
+)
 from robofm.train.checkpoint import load_checkpoint, save_checkpoint
 from robofm.train.config import TrainConfig
 from robofm.train.guard import SpikeGuard
@@ -63,6 +70,7 @@ class Trainer:
         _seed_everything(cfg.seed)
         resume = self._resume_path()
         self.train_ds, self.val_ds = build_datasets(cfg, self.dist.rank, self.dist.world_size)
+        refuse_held_out_tasks(cfg, self.train_ds)
         fit_ds = build_datasets(cfg)[0] if self.dist.distributed else self.train_ds  # one tokenization for all ranks
         base = from_pretrained(cfg.init_from) if cfg.init_from else None  # fine-tuning: robofm.train.finetune
         self.base_stores = (base.stores if base.trained_on else None) if base is not None else []  # None: unknown

@@ -17,6 +17,10 @@ from robofm.tokenization.sequence import SequenceConfig
 from tests.conftest import indexed_episode, write_store
 
 WINDOW, STRIDE = 3, 2
+# the ways a NOISY token is conditioned (model.adaln, model.prev_frame_input): every rule must hold for each
+CONDITIONINGS = {"plain": {}, "adaln": {"adaln": True}, "prev": {"prev_frame_input": True},
+                 "adaln+prev": {"adaln": True, "prev_frame_input": True}}  # fmt: skip
+each_conditioning = pytest.mark.parametrize("cond", list(CONDITIONINGS.values()), ids=list(CONDITIONINGS))
 
 
 def textured_episode(length: int, seed: int, **kw):

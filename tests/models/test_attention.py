@@ -10,7 +10,7 @@ import torch
 from robofm.models.backbone import SplitMask, allowed
 from robofm.models.robofm import RobofmModel
 from robofm.tokenization.layout import NOISY, OBS, STATE
-from tests.models.conftest import batch_of, make_model
+from tests.models.conftest import batch_of, each_conditioning, make_model
 
 
 def _perturb(seq, i: int):
@@ -26,10 +26,10 @@ def _perturb(seq, i: int):
     return dataclasses.replace(seq, ids=ids, patches=patches, state=state)
 
 
-@pytest.mark.parametrize("adaln", [False, True])
-def test_changing_a_token_changes_only_the_outputs_allowed_to_see_it(tiny, adaln):
+@each_conditioning
+def test_changing_a_token_changes_only_the_outputs_allowed_to_see_it(tiny, cond):
     ds, builder = tiny
-    model = make_model(builder, adaln=adaln)
+    model = make_model(builder, **cond)
     seq = builder.build(batch_of(ds, 2))
     see = allowed(seq.meta, seq.meta)[0]
     base = model(seq).hidden
@@ -43,10 +43,10 @@ def test_changing_a_token_changes_only_the_outputs_allowed_to_see_it(tiny, adaln
         assert torch.equal(changed, expected), f"{name} token {i}: outputs that changed differ from those allowed"
 
 
-@pytest.mark.parametrize("adaln", [False, True])
-def test_padding_and_missing_cameras_are_seen_by_nobody(tiny, adaln):
+@each_conditioning
+def test_padding_and_missing_cameras_are_seen_by_nobody(tiny, cond):
     ds, builder = tiny
-    model = make_model(builder, adaln=adaln)
+    model = make_model(builder, **cond)
     batch = batch_of(ds, 1)
     batch["camera_mask"][:, 1] = False
     seq = builder.build(batch)
@@ -59,10 +59,10 @@ def test_padding_and_missing_cameras_are_seen_by_nobody(tiny, adaln):
         assert changed.nonzero().flatten().tolist() == [i]
 
 
-@pytest.mark.parametrize("adaln", [False, True])
-def test_clean_stream_is_the_same_with_and_without_noisy_blocks(tiny, adaln):
+@each_conditioning
+def test_clean_stream_is_the_same_with_and_without_noisy_blocks(tiny, cond):
     ds, builder = tiny
-    model = make_model(builder, adaln=adaln)
+    model = make_model(builder, **cond)
     batch = batch_of(ds, 2)
     with_noisy, clean = builder.build(batch, noisy_steps=(1, 2, 3)), builder.build(batch, noisy_steps=())
     out_noisy, out_clean = model(with_noisy), model(clean)
@@ -99,6 +99,32 @@ def test_a_new_adaln_model_computes_what_the_unconditioned_one_does(tiny):
     assert torch.equal(a.hidden, b.hidden) and torch.equal(a.frames, b.frames)
 
 
+@pytest.mark.parametrize("adaln", [False, True])
+def test_a_previous_patch_reaches_only_the_noisy_block_that_changes_it(tiny, adaln):
+    """prev_frame_input: the patch before NOISY token j enters token j's input; only j's block sees it (the clean
+    stream, the policy, never does), and the inputs of the other NOISY tokens are untouched."""
+    ds, builder = tiny
+    model = make_model(builder, adaln=adaln, prev_frame_input=True)
+    seq = builder.build(batch_of(ds, 2))
+    base = model(seq).hidden
+    noisy = seq.noisy_index
+    for j in (0, len(noisy) // 2, len(noisy) - 1):
+        prev = seq.frame_prev.clone()
+        prev[:, j] += 1.0
+        changed = (model(dataclasses.replace(seq, frame_prev=prev)).hidden - base).abs().amax(-1)[0] > 1e-6
+        group = seq.meta.group[0]
+        assert changed[noisy[j]] and torch.equal(changed, changed & (group == group[noisy[j]])), j
+
+
+def test_a_slice_must_hold_all_or_none_of_the_noisy_tokens(tiny):
+    ds, builder = tiny
+    model = make_model(builder, prev_frame_input=True)
+    seq = builder.build(batch_of(ds, 1))
+    model(seq.tokens(slice(0, int(seq.noisy_index[0]))))  # none: the context before the NOISY blocks
+    with pytest.raises(ValueError, match="NOISY tokens"):
+        model(seq.tokens(slice(0, int(seq.noisy_index[1]))))
+
+
 @pytest.mark.filterwarnings("ignore::UserWarning")
 def test_flex_attention_matches_sdpa(tiny):
     ds, builder = tiny
@@ -113,12 +139,12 @@ def test_flex_attention_matches_sdpa(tiny):
 
 
 
-@pytest.mark.parametrize("adaln", [False, True])
-def test_hidden_past_actions_reach_no_later_clean_token_but_every_noisy_block(tiny, adaln):
+@each_conditioning
+def test_hidden_past_actions_reach_no_later_clean_token_but_every_noisy_block(tiny, cond):
     """The copycat answer (sequence.past_action_dropout): with a sample's action chunks hidden, changing chunk 0
     changes only its own later slots and the NOISY blocks, so the policy predicts chunk 1 from observations."""
     ds, builder = tiny
-    model = make_model(builder, adaln=adaln)
+    model = make_model(builder, **cond)
     batch = batch_of(ds, 2)
     lay = builder.layout(builder.noisy_steps())
     first = int(lay.act_index[0][0])

@@ -11,7 +11,7 @@ from robofm.errors import UsageError
 from robofm.models.config import SIZES, ModelConfig, model_config
 from robofm.models.robofm import RobofmModel
 from robofm.objectives.objective import Objective, ObjectiveConfig
-from tests.models.conftest import batch_of, make_model
+from tests.models.conftest import batch_of, each_conditioning, make_model
 
 IO = dict(vocab_size=1300, patch_dim=192, state_dim=14, max_cameras=3, max_patches=144)  # a typical pixel setup
 RANGES = {
@@ -38,9 +38,9 @@ def test_every_size_has_a_range_and_sizes_grow():
 
 
 @pytest.mark.parametrize("size", ["debug", "tiny", "mini", "small"])
-@pytest.mark.parametrize("adaln", [False, True])
-def test_parameter_count_matches_the_config(size, adaln):
-    cfg = ModelConfig.sized(size, **IO, action_chunk_dim=8, adaln=adaln)
+@each_conditioning
+def test_parameter_count_matches_the_config(size, cond):
+    cfg = ModelConfig.sized(size, **IO, action_chunk_dim=8, **cond)
     assert RobofmModel(cfg).num_parameters() == cfg.expected_parameters()
 
 

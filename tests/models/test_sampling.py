@@ -9,7 +9,7 @@ import torch
 from robofm.errors import UsageError
 from robofm.models.diffusion import FrameDiffusion
 from robofm.models.sampling import imagine, predict_action_chunk
-from tests.models.conftest import WINDOW, batch_of, make_model
+from tests.models.conftest import WINDOW, batch_of, each_conditioning, make_model
 
 
 def observed(batch: dict, steps: int = WINDOW) -> dict:
@@ -78,10 +78,10 @@ DIFFUSIONS = {"flow": FrameDiffusion("flow"), "ddpm": FrameDiffusion("ddpm"),
 
 
 @pytest.mark.parametrize("kind", sorted(DIFFUSIONS))
-@pytest.mark.parametrize("adaln", [False, True])
-def test_imagined_frames_are_the_same_with_and_without_cache(tiny, kind, adaln, one_thread):
+@each_conditioning
+def test_imagined_frames_are_the_same_with_and_without_cache(tiny, kind, cond, one_thread):
     ds, builder = tiny
-    model = make_model(builder, adaln=adaln)
+    model = make_model(builder, **cond)
     batch = batch_of(ds, 2)
     context = observed(batch, 2)
     future = batch["actions"][:, 1:].repeat(1, 2, 1, 1)  # 4 chunks: the rollout goes past the window of 3 steps
@@ -93,11 +93,12 @@ def test_imagined_frames_are_the_same_with_and_without_cache(tiny, kind, adaln, 
     assert frames.shape == (2, 4, 2, 8, 8, 3) and frames.dtype == torch.uint8
 
 
-@pytest.mark.parametrize("adaln", [False, True])
-def test_imagined_frames_depend_on_actions(tiny, adaln, one_thread):
-    """Through the NOISY block's view of ACT_t (and with adaln its modulation), the chunk changes what is imagined."""
+@each_conditioning
+def test_imagined_frames_depend_on_actions(tiny, cond, one_thread):
+    """Through the NOISY block's view of ACT_t (and with adaln its modulation), the chunk changes what is imagined,
+    also when the NOISY tokens take in the frame before."""
     ds, builder = tiny
-    model = make_model(builder, adaln=adaln)
+    model = make_model(builder, **cond)
     batch = batch_of(ds, 2)
     context, future = observed(batch, 2), batch["actions"][:, 1:2]
     a = imagine(model, builder, FrameDiffusion(), context, future, sampler_steps=2, generator=torch.Generator().manual_seed(0))

@@ -3,6 +3,7 @@ API, for speed) or as a `robofm-train` subprocess (for what needs a real process
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -15,6 +16,7 @@ from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 from safetensors.torch import load_file
 
+from robofm.errors import HeadlessGLError
 from robofm.train.config import TrainConfig, register
 from tests.conftest import torch_threads
 from tests.models.conftest import make_store
@@ -80,3 +82,21 @@ def final_weights(run_dir: Path, kind: str = "model") -> dict[str, torch.Tensor]
     """The weights (kind "model") or EMA weights ("ema") of the checkpoint `latest` names."""
     latest = (Path(run_dir) / "checkpoints" / "latest").read_text().strip()
     return load_file(str(Path(run_dir) / "checkpoints" / latest / f"{kind}.safetensors"))
+
+
+def require_sim_extra() -> None:
+    """Skips without MetaWorld and MuJoCo, found without importing them (mujoco's import fails without a GL)."""
+    if importlib.util.find_spec("metaworld") is None or importlib.util.find_spec("mujoco") is None:
+        pytest.skip("the sim extra (pip install 'robofm[sim]') is not installed")
+
+
+@pytest.fixture(scope="module")
+def headless_gl() -> str:
+    """The MUJOCO_GL backend that renders here; skips (naming the package to install) where none does."""
+    require_sim_extra()
+    from robofm.sim import gl
+
+    try:
+        return gl.find_backend()
+    except HeadlessGLError as e:
+        pytest.skip(str(e))

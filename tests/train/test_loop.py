@@ -96,3 +96,18 @@ def test_a_run_with_shape_overrides_exports_and_loads_back_with_that_shape(tmp_p
     shutil.rmtree(run / "export")  # a run killed before it exported: its checkpoint's config.yaml holds the shape
     for loaded in (trainer.model, from_pretrained(run).model):
         assert {k: getattr(loaded.cfg, k) for k in shape} == shape and loaded.num_parameters() == n
+
+
+def test_pretraining_refuses_a_corpus_with_a_held_out_task(tmp_path):
+    """An episode of an ML45 test task (known by its instruction) in a pretraining corpus would contaminate the
+    few-shot benchmark: robofm-train names the store and the task, and trains only when told it may."""
+    from robofm.errors import UsageError
+    from robofm.sim.tasks import INSTRUCTIONS
+    from tests.models.conftest import make_store
+
+    store = make_store(tmp_path / "store", n=4, length=16, task=INSTRUCTIONS["box-close-v3"])
+    overrides = TINY + [f"data.path={store}", "trainer.max_steps=1"]
+    with pytest.raises(UsageError, match=r"store: holds episodes of box-close-v3, test tasks of MetaWorld ML45"):
+        train_in_process(tmp_path / "refused", overrides)
+    trainer = train_in_process(tmp_path / "allowed", overrides + ["data.allow_held_out_tasks=true"])
+    assert trainer.pos.step == 1

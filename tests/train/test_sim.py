@@ -4,7 +4,6 @@ the success interval; and clear errors, also where no headless GL works."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import runpy
@@ -16,29 +15,12 @@ from unittest import mock
 import pytest
 
 import robofm.sim.metaworld  # noqa: F401  (chooses the headless GL backend before anything imports mujoco)
-from robofm.errors import HeadlessGLError
 from robofm.eval.sim import main, wilson
 from robofm.sim import gl
 from tests.models.conftest import make_store
-from tests.train.conftest import TINY, train_in_process
+from tests.train.conftest import TINY, require_sim_extra, train_in_process
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def require_sim_extra() -> None:
-    """Skips without MetaWorld and MuJoCo, found without importing them (mujoco's import fails without a GL)."""
-    if importlib.util.find_spec("metaworld") is None or importlib.util.find_spec("mujoco") is None:
-        pytest.skip("the sim extra (pip install 'robofm[sim]') is not installed")
-
-
-@pytest.fixture(scope="module")
-def headless_gl() -> str:
-    """The MUJOCO_GL backend that renders here; skips (naming the package to install) where none does."""
-    require_sim_extra()
-    try:
-        return gl.find_backend()
-    except HeadlessGLError as e:
-        pytest.skip(str(e))
 
 
 @pytest.fixture
