@@ -19,7 +19,7 @@ make the action informative:
 The recorded action is always the executed one. Each frame carries ``layout = [MT1 seed, layout index, kind]``
 (kind: the index in KINDS).
 
-``--workers N`` runs tasks in N processes (spawned); episodes are written in task order by the main process, so the
+``--workers N`` runs tasks in N spawned processes; episodes are written in task order by the main process, so the
 dataset does not depend on N. Episodes are written with lerobot's own writer (``LeRobotDataset.create`` /
 ``add_frame`` / ``save_episode`` / ``finalize``), videos encoded by lerobot's PyAV encoder. Each frame carries the
 task's instruction (robofm.sim.metaworld.INSTRUCTIONS) and its episode's layout, ``layout = [MT1 seed, layout
@@ -60,12 +60,14 @@ import time  # noqa: E402
 import warnings  # noqa: E402
 import zlib  # noqa: E402
 from collections import Counter  # noqa: E402
+from concurrent.futures import ProcessPoolExecutor  # noqa: E402
 from dataclasses import dataclass, field  # noqa: E402
 from functools import partial  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 
+from robofm.data.sources.video import leave_realtime_scheduling  # noqa: E402
 from robofm.errors import RobofmError  # noqa: E402
 from robofm.sim.metaworld import (  # noqa: E402  (chooses MUJOCO_GL: before anything imports mujoco)
     CAMERAS,
@@ -311,12 +313,16 @@ def collect_task(task: str, args: argparse.Namespace) -> TaskResult:
 
 def collected(args: argparse.Namespace):
     """Each task's TaskResult in task order: from --workers spawned processes (not forked: a forked MuJoCo GL
-    context or thread pool can hang the child), or from this one."""
+    context or thread pool can hang the child), or from this one. A worker that dies raises BrokenProcessPool
+    here instead of leaving the collection waiting for it."""
     if args.workers == 1:
         yield from (collect_task(task, args) for task in args.tasks)
         return
-    with multiprocessing.get_context("spawn").Pool(min(args.workers, len(args.tasks))) as pool:
-        yield from pool.imap(partial(collect_task, args=args), args.tasks)
+    pool = ProcessPoolExecutor(min(args.workers, len(args.tasks)), mp_context=multiprocessing.get_context("spawn"))
+    try:
+        yield from pool.map(partial(collect_task, args=args), args.tasks)
+    finally:
+        pool.shutdown(cancel_futures=True)  # on an error, the tasks not yet started are not started
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -380,6 +386,7 @@ def main(argv: list[str] | None = None) -> int:
                 frame["task"] = INSTRUCTIONS[result.task]
                 ds.add_frame(frame)
             ds.save_episode()
+            leave_realtime_scheduling()
         write_s += time.perf_counter() - t_write
         lengths = [len(frames) for *_, frames in result.episodes]
         if len(lengths) < args.episodes_per_task:
@@ -390,6 +397,7 @@ def main(argv: list[str] | None = None) -> int:
         result.episodes = [(kind, index, len(frames)) for kind, index, frames in result.episodes]  # free the frames
         results.append(result)
     ds.finalize()
+    leave_realtime_scheduling()
     # lerobot writes stats.json keys in set order (varies with PYTHONHASHSEED); sort them so reruns are byte-identical.
     stats_path = args.out / "meta" / "stats.json"
     if stats_path.is_file():

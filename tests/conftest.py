@@ -10,7 +10,17 @@ import pytest
 import torch
 
 from robofm.data.episode import Episode, content_hash
+from robofm.data.sources.video import leave_realtime_scheduling
 from robofm.data.store import StoreWriter, split_from_hash
+
+
+@pytest.fixture(autouse=True)
+def time_shared():
+    """Every test leaves pytest's threads time-shared: the test videos' and lerobot's AV1 encoder, run as root, make
+    the thread that feeds it SCHED_FIFO 99, which every later subprocess and thread pool of the suite would inherit
+    (see leave_realtime_scheduling)."""
+    yield
+    leave_realtime_scheduling()
 
 
 def pytest_collection_modifyitems(config, items):

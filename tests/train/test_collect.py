@@ -64,6 +64,8 @@ def test_each_kind_is_recorded_and_workers_do_not_change_the_dataset(headless_gl
     """Two spawned workers write what one process writes, frame for frame; each episode's layout names its kind,
     and the finished collection records its counts per kind and where its time went."""
     assert script["main"](["--out", str(tmp_path / "one"), *COLLECT]) == 0
+    # the collector undid what its AV1 encoder (run as root) did: SCHED_FIFO, which the subprocess below inherits
+    assert os.sched_getscheduler(0) == os.SCHED_OTHER
     done = subprocess.run([sys.executable, str(ROOT / "scripts" / "collect_metaworld.py"), "--out",
                            str(tmp_path / "two"), *COLLECT, "--workers", "2"], capture_output=True, text=True,
                           timeout=600, cwd=ROOT)  # fmt: skip

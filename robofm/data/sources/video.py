@@ -339,6 +339,21 @@ def _fix_decoder_threads(codec_context: av.CodecContext) -> None:
         codec_context.thread_type, codec_context.thread_count = "SLICE", 1
 
 
+def leave_realtime_scheduling() -> None:
+    """Put every thread of this process back to normal time-sharing if an encoder took it out.
+
+    SVT-AV1 (lerobot's default encoder), run as root, moves the thread that feeds it to SCHED_FIFO priority 99.
+    Every thread and process started from that thread inherits the policy, and a busy thread at that priority is
+    never preempted by its peers: pinned to one CPU, a collection whose parent had encoded AV1 starved its own
+    workers and never finished (issue 26). Call it after encoding, before starting threads or processes."""
+    for tid in os.listdir("/proc/self/task") if os.path.isdir("/proc/self/task") else ["0"]:
+        try:
+            if os.sched_getscheduler(int(tid)) in (os.SCHED_FIFO, os.SCHED_RR):
+                os.sched_setscheduler(int(tid), os.SCHED_OTHER, os.sched_param(0))
+        except ProcessLookupError:  # the thread ended meanwhile
+            continue
+
+
 class VideoReader:
     """An open video whose decoder goes forward across reads: reading the spans of consecutive episodes of one
     file (a LeRobot v3 video holds many) decodes every frame once, with one open and no seek between them.
