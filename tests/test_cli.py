@@ -104,7 +104,7 @@ def _commands():
 
     return {
         "robofm-eval": (eval_main, ["checkpoint=run", "data.path=store"], {"horizons": [1, 4, 16], "split": "val"}),
-        "robofm-viz": (viz_main, ["checkpoint=run", "data.path=store"], {"horizon": 16, "what_if": None}),
+        "robofm-viz": (viz_main, ["checkpoint=run", "data.path=store"], {"horizon": 16, "what_if": "shuffled,zero,reversed"}),
         "robofm-eval-sim": (sim_main, ["policy=run", "task=reach-v3"], {"episodes": 20, "fps": 20.0}),
         "robofm-serve": (serve_main, ["policy=run"], {"host": "127.0.0.1", "port": 8000, "ensemble": None}),
     }

@@ -2,14 +2,19 @@
 HTML report.
 
     robofm-viz checkpoint=RUN_OR_EXPORT data.path=STORE [episode=ep-000003] [start=0] [horizon=16] [out=DIR]
-               [sampler_steps=10] [seed=0] [what_if=scale:0.5|zero|file:PATH.npy] [eval=EVAL.json]
+               [sampler_steps=10] [seed=0] [what_if=shuffled,zero,reversed] [eval=EVAL.json]
 
 Without `episode`, the longest held-out (val) episode. `eval` puts the held-out metrics of a `robofm-eval ...
 out=EVAL.json` at the top of the report.
 
+"What if": the same context is also imagined, with the same noise, under each of `what_if`'s edited action
+sequences (by default the episode's actions shuffled in time, zero, and played backwards; also scale:F and
+file:PATH.npy; none for no what-if), so a person sees whether the imagined arm follows the command.
+
 Writes into `out` (default outputs/viz/EPISODE-START): per camera rollout_CAM.mp4/.gif (real | imagined |
-|difference|), contact_CAM.png, with what_if also whatif_CAM.mp4/.gif (real | imagined | imagined under the edited
-actions); actions.png, psnr.png, metrics.json and report.html, whose path it prints. The keys are VizConfig's
+|difference|), whatif_CAM.mp4/.gif (real | imagined under the episode's actions | under each what-if) and
+contact_CAM.png (every row, step by step); actions.png, psnr.png, metrics.json and report.html, whose path it
+prints. The keys are VizConfig's
 fields (`--help` lists them with their types and defaults, `--cfg job` prints the resolved config). Exit status 2
 on a usage error.
 """
@@ -46,7 +51,9 @@ class VizConfig:
     out: str | None = field(default=None, metadata={"help": "output folder; null: outputs/viz/EPISODE-START"})
     sampler_steps: int = 10
     seed: int = 0
-    what_if: str | None = field(default=None, metadata={"help": "scale:F, zero or file:PATH.npy"})
+    what_if: str | None = field(default="shuffled,zero,reversed", metadata={
+        "help": "comma-separated edits of the actions imagined beside the episode's own: shuffled, zero, reversed, "
+                "scale:F, file:PATH.npy; none for no what-if"})  # fmt: skip
     eval: str | None = field(default=None, metadata={"help": "a robofm-eval out=FILE.json for the report"})
 
 
@@ -89,16 +96,16 @@ def visualize(args: dict) -> Path:
         args = {**args, "episode": max(val, key=lambda e: e.length).id}
         log.info("episode=%s: the longest %s episode", args["episode"], "val" if val[0].split == "val" else "")
     ep = ro.open_episode(store, args["episode"], builder, args["start"], args["horizon"])
-    edited = None
-    if args["what_if"] is not None:  # checked before the slow part
-        edited = ro.edit_actions(args["what_if"], ep.future_actions, ep.context["action_mask"][0])
+    mask = ep.context["action_mask"][0]  # the what-ifs are checked before the slow part
+    edited = {spec: ro.edit_actions(spec, ep.future_actions, mask, args["seed"]) for spec in ro.what_if_specs(
+        args["what_if"])}  # fmt: skip
     out = Path(args["out"] or Path("outputs") / "viz" / f"{ep.info.id}-{ep.start}")
     out.mkdir(parents=True, exist_ok=True)
     with torch.inference_mode():
         imagined = ro.imagine_frames(pretrained, ep, ep.future_actions, args["sampler_steps"], args["seed"])
-        what_if = None
-        if edited is not None:  # same seed: what differs from `imagined` is what the model makes of the actions
-            what_if = ro.imagine_frames(pretrained, ep, edited, args["sampler_steps"], args["seed"])
+        # same seed: what differs from `imagined` is what the model makes of the actions
+        what_if = {spec: ro.imagine_frames(pretrained, ep, actions, args["sampler_steps"], args["seed"])
+                   for spec, actions in edited.items()}  # fmt: skip
         trace = ro.trace_actions(pretrained, store, ep.info)
     metrics = _metrics(args, ep, imagined, what_if, trace, builder.cameras, pretrained.diffusion.settings())
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
@@ -134,10 +141,12 @@ def _metrics(args, ep, imagined, what_if, trace, cameras, diffusion) -> dict:
         "action_mse": trace.mse().tolist(),
         "action_mse_baselines": {name: v.tolist() for name, v in trace.baseline_mse().items()},
     }  # fmt: skip
-    if what_if is not None:
-        m["what_if"] = args["what_if"]
-        m["psnr_what_if"] = psnr(ep.real, what_if).mean(1).tolist()
-        m["psnr_what_if_vs_imagined"] = psnr(imagined, what_if).mean(1).tolist()
+    real = psnr(ep.real, imagined).mean(1)
+    m["what_if"] = {spec: {
+        "psnr": psnr(ep.real, frames).mean(1).tolist(),
+        "psnr_vs_imagined": psnr(imagined, frames).mean(1).tolist(),  # how far the edit moved the imagined frames
+        "action_use": (real - psnr(ep.real, frames).mean(1)).tolist(),  # PSNR under the episode's minus the edit's
+    } for spec, frames in what_if.items()}  # fmt: skip
     return m
 
 
@@ -149,8 +158,9 @@ def _write_files(out, args, ep, imagined, what_if, trace, builder, metrics, fps,
     if ep.horizon < ep.requested_horizon:
         report.notes.append(f"horizon {ep.requested_horizon} capped to {ep.horizon}: the episode has "
                             f"{ep.info.length} frames")  # fmt: skip
-    if what_if is not None and min(metrics["psnr_what_if_vs_imagined"]) >= SAME_FRAMES_DB:
-        report.notes.append(f"under what_if={args['what_if']} the imagined frames barely change (PSNR >= "
+    same = [spec for spec, w in metrics["what_if"].items() if min(w["psnr_vs_imagined"]) >= SAME_FRAMES_DB]
+    if same:
+        report.notes.append(f"under {', '.join(same)} actions the imagined frames barely change (PSNR >= "
                             f"{SAME_FRAMES_DB:.0f} dB against those under the episode's actions): the model "
                             "makes little of the actions here")  # fmt: skip
     if held_out is not None:
@@ -170,23 +180,23 @@ def _write_files(out, args, ep, imagined, what_if, trace, builder, metrics, fps,
         mp4 = video.write_mp4(out / f"rollout_{cam}.mp4", frames, fps)
         report.videos.append((f"{cam}: real | imagined | |difference| under the episode's actions", gif, mp4))
         rows = [("real", real), ("imagined", imag), ("|difference|", np.stack(diff))]
-        if what_if is not None:
-            rows.append(("what if", what_if[:, c]))
-            wscore = psnr(imag, what_if[:, c])
-            frames = [video.side_by_side([real[h], imag[h], what_if[h, c]], ["real", "imagined", "what if"],
-                                         f"{cam}  step {h + 1}/{ep.horizon}  what_if={args['what_if']}  "
-                                         f"PSNR vs imagined {wscore[h]:.1f} dB", factor) for h in range(ep.horizon)]  # fmt: skip
+        rows += [(_short(spec), frames[:, c]) for spec, frames in what_if.items()]
+        if what_if:
+            labels = ["real", "true actions", *(_short(spec) for spec in what_if)]
+            frames = [video.side_by_side([real[h], imag[h], *(w[h, c] for w in what_if.values())], labels,
+                                         f"{cam}  step {h + 1}/{ep.horizon}  imagined under other actions", factor)
+                      for h in range(ep.horizon)]  # fmt: skip
             gif = video.write_gif(out / f"whatif_{cam}.gif", frames, fps)
             mp4 = video.write_mp4(out / f"whatif_{cam}.mp4", frames, fps)
-            report.videos.append((f"{cam}: real | imagined | imagined under what_if={args['what_if']}", gif, mp4))
+            report.videos.append((f"{cam}: what if: real | imagined under the episode's actions | under "
+                                  f"{' | '.join(what_if)} actions", gif, mp4))  # fmt: skip
         sheet = video.write_png(out / f"contact_{cam}.png", video.contact_sheet(rows, steps, factor))
         report.images.append((f"{cam}: contact sheet", sheet))
     title = f"episode {ep.info.id}, stride {builder.cfg.stride}"
     report.images.insert(0, ("Predicted (greedy) against true actions", plots.plot_actions(
         out / "actions.png", trace, title, builder.cfg.stride)))  # fmt: skip
     curves = {"imagined": metrics["psnr"], "copy-last-frame baseline": metrics["psnr_copy_last"]}
-    if what_if is not None:
-        curves[f"imagined, what_if={args['what_if']}"] = metrics["psnr_what_if"]
+    curves.update({f"imagined under {spec} actions": w["psnr"] for spec, w in metrics["what_if"].items()})
     curves = {name: np.asarray(values) for name, values in curves.items()}
     report.images.insert(0, ("PSNR against horizon", plots.plot_psnr(out / "psnr.png", curves, title)))
     return write_report(out / "report.html", report)
@@ -197,9 +207,9 @@ def _frame_table(m: dict) -> Table:
 
     header = ["step", "frame", "PSNR imagined (dB)", "PSNR copy-last-frame (dB)"]
     columns = [m["psnr"], m["psnr_copy_last"]]
-    if "psnr_what_if" in m:
-        header.append(f"PSNR what_if={m['what_if']} (dB)")
-        columns.append(m["psnr_what_if"])
+    for spec, w in m["what_if"].items():
+        header.append(f"PSNR under {spec} actions (dB)")
+        columns.append(w["psnr"])
     rows = [[h + 1, int(m["frame_index"][h]), *(float(c[h]) for c in columns)] for h in range(m["horizon"])]
     return Table(f"World model: {m['sampler_steps']} sampler steps ({describe(m['frame_diffusion'])}), "
                  f"seed {m['seed']}, PSNR mean over cameras", header, rows)  # fmt: skip
@@ -227,6 +237,12 @@ def _eval_tables(result: dict) -> list[Table]:
     header = ["horizon", "sampler steps", "metric", *frame_methods, *differences]
     frames = Table(f"Held-out imagined frames ({where}), higher is better", header, rows)
     return [verdicts, actions, frames]
+
+
+def _short(spec: str) -> str:
+    """A what-if spec as a panel label: a file's name, not its path."""
+    kind, _, arg = spec.partition(":")
+    return f"file {Path(arg).name}" if kind == "file" else spec
 
 
 def _num(value) -> float | str:

@@ -101,12 +101,37 @@ def psnr(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         return np.minimum(10 * np.log10(255.0**2 / mse), PSNR_CAP)
 
 
-def edit_actions(spec: str, actions: torch.Tensor, action_mask: torch.Tensor) -> torch.Tensor:
-    """The rollout's chunks [1, H, s, Da] edited by a what-if spec: `scale:F`, `zero` or `file:PATH.npy` (an
-    array [H, s, Da] or [H*s, Da], Da the episode's action dimensions; more chunks than H are cut off)."""
+WHAT_IF_KINDS = "shuffled, zero, reversed, scale:F or file:PATH.npy"
+
+
+def what_if_specs(text: str | None) -> list[str]:
+    """The what-if specs of a comma-separated list (None or "none": no what-if), each checked by edit_actions's
+    rules before anything slow runs."""
+    if text is None or text.strip() == "none":
+        return []
+    specs = [spec.strip() for spec in text.split(",")]
+    if "" in specs or len(set(specs)) < len(specs):
+        raise UsageError(f"what_if must list distinct specs ({WHAT_IF_KINDS}) separated by commas, got {text!r}")
+    return specs
+
+
+def edit_actions(spec: str, actions: torch.Tensor, action_mask: torch.Tensor, seed: int = 0) -> torch.Tensor:
+    """The rollout's chunks [1, H, s, Da] edited by a what-if spec:
+    - `shuffled`: the same H*s action steps in a random order (seeded): the right actions at the wrong times;
+    - `zero`: every action 0 (a still arm, where actions are velocities or deltas);
+    - `reversed`: the H*s action steps played backwards in time;
+    - `scale:F`: every action times F (scale:-1 commands the opposite motion where actions are deltas);
+    - `file:PATH.npy`: an array [H, s, Da] or [H*s, Da], Da the episode's action dimensions (more chunks than H are
+      cut off)."""
     _, h, s, da = actions.shape
+    steps = actions.reshape(1, h * s, da)
     if spec == "zero":
         return torch.zeros_like(actions)
+    if spec == "reversed":
+        return steps.flip(1).reshape(actions.shape)
+    if spec == "shuffled":
+        order = torch.randperm(h * s, generator=torch.Generator().manual_seed(seed))
+        return steps[:, order].reshape(actions.shape)
     kind, _, arg = spec.partition(":")
     if kind == "scale":
         try:
@@ -115,7 +140,7 @@ def edit_actions(spec: str, actions: torch.Tensor, action_mask: torch.Tensor) ->
             raise UsageError(f"what_if=scale:F needs a number F, got {spec!r}") from None
     if kind == "file":
         return _actions_from_file(Path(arg), h, s, da, int(action_mask.sum()))
-    raise UsageError(f"what_if must be scale:F, zero or file:PATH.npy, got {spec!r}")
+    raise UsageError(f"what_if specs are {WHAT_IF_KINDS}, got {spec!r}")
 
 
 def _actions_from_file(path: Path, h: int, s: int, da: int, used: int) -> torch.Tensor:

@@ -62,19 +62,19 @@ def frames_of(path) -> list[np.ndarray]:
 
 def test_rollout_writes_every_file_decodable(rollout):
     u = upscale_factor(FRAME)
-    layout = (HEADER + u * FRAME, 3 * u * FRAME + 2 * SEP, 3)  # real | imagined | |difference|, SEP-pixel gaps
     for cam in CAMERAS:
-        for suffix in ("gif", "mp4"):
-            frames = frames_of(rollout / f"rollout_{cam}.{suffix}")
-            assert len(frames) == HORIZON
-            assert frames[0].shape == layout  # even sizes: the mp4 needs no padding
+        # real | imagined | |difference|, and real | true actions | shuffled | zero | reversed, SEP-pixel gaps
+        for name, panels in (("rollout", 3), ("whatif", 5)):
+            for suffix in ("gif", "mp4"):
+                frames = frames_of(rollout / f"{name}_{cam}.{suffix}")
+                assert len(frames) == HORIZON
+                assert frames[0].shape == (HEADER + u * FRAME, panels * u * FRAME + (panels - 1) * SEP, 3)  # even
         with imageio.get_reader(rollout / f"rollout_{cam}.mp4") as reader:
             assert reader.get_meta_data()["fps"] == FPS
             assert reader.get_meta_data()["duration"] == pytest.approx(HORIZON / FPS, abs=0.05)
         Image.open(rollout / f"contact_{cam}.png").verify()
     for name in ("actions.png", "psnr.png"):
         Image.open(rollout / name).verify()
-    assert not list(rollout.glob("whatif_*"))
     assert all(p.stat().st_size > 0 for p in rollout.iterdir())
 
 
@@ -82,10 +82,11 @@ def test_report_embeds_images_and_gifs_and_links_videos(rollout, capsys):
     html = (rollout / "report.html").read_text()
     pngs = re.findall(r"data:image/png;base64,([A-Za-z0-9+/=]+)", html)
     gifs = re.findall(r"data:image/gif;base64,([A-Za-z0-9+/=]+)", html)
-    assert len(pngs) == 2 + len(CAMERAS) and len(gifs) == len(CAMERAS)  # plots, contact sheets; one GIF per camera
+    assert len(pngs) == 2 + len(CAMERAS) and len(gifs) == 2 * len(CAMERAS)  # plots, contact sheets; 2 GIFs a camera
     assert base64.b64decode(gifs[0]) == (rollout / "rollout_front.gif").read_bytes()
     for cam in CAMERAS:
-        assert f"href='rollout_{cam}.mp4'" in html and (rollout / f"rollout_{cam}.mp4").is_file()
+        for name in ("rollout", "whatif"):
+            assert f"href='{name}_{cam}.mp4'" in html and (rollout / f"{name}_{cam}.mp4").is_file()
     assert "copy-last-frame" in html
 
 
@@ -95,6 +96,9 @@ def test_metrics_cover_the_horizon(rollout):
     assert len(m["psnr"]) == len(m["psnr_copy_last"]) == HORIZON
     assert len(m["action_mse"]) == 2
     assert {k: len(v) for k, v in m["action_mse_baselines"].items()} == {"mean action": 2, "repeat last action": 2}
+    assert list(m["what_if"]) == ["shuffled", "zero", "reversed"]
+    for w in m["what_if"].values():
+        np.testing.assert_allclose(np.subtract(m["psnr"], w["psnr"]), w["action_use"])
 
 
 def test_horizon_is_capped_by_the_episode(trained, tmp_path, capsys):
@@ -115,9 +119,9 @@ def test_other_episodes_too_short_for_a_window_are_not_warned_about(trained, tmp
     assert "shorter than a window" not in caplog.text
 
 
-def test_what_if_imagines_its_own_frames(trained, tmp_path):
-    """Beside the real-action rollout: a model whose frame head is not ~zero after 5 steps (as the model tests
-    do), so the actions can show in the frames."""
+def test_each_what_if_imagines_its_own_frames(trained, tmp_path):
+    """Beside the real-action rollout, one panel per what-if: a model whose frame head is not ~zero after 5 steps
+    (as the model tests do), so the actions can show in the frames."""
     store, run = trained
     pretrained = from_pretrained(run)
     torch.manual_seed(0)
@@ -125,22 +129,35 @@ def test_what_if_imagines_its_own_frames(trained, tmp_path):
     base = export(tmp_path / "export", pretrained.model, pretrained.builder, pretrained.diffusion)
     out = tmp_path / "out"
     main([f"checkpoint={base}", f"data.path={store}", "episode=ep-000000", f"horizon={HORIZON}", "sampler_steps=2",
-          "what_if=scale:-3", f"out={out}"])  # fmt: skip
+          "what_if=scale:-3,reversed", f"out={out}"])  # fmt: skip
+    w = 8 * upscale_factor(FRAME)
+    panel = lambda frame, i: frame[HEADER:, i * (w + SEP) : i * (w + SEP) + w]  # noqa: E731
     for cam in CAMERAS:
         real_actions, what_if = frames_of(out / f"rollout_{cam}.gif"), frames_of(out / f"whatif_{cam}.gif")
-        assert len(what_if) == HORIZON and what_if[0].shape == real_actions[0].shape
-        w = 8 * upscale_factor(FRAME)
-        imagined, edited = real_actions[0][HEADER:, w + SEP : 2 * w + SEP], what_if[0][HEADER:, 2 * (w + SEP) :]
-        assert not np.array_equal(imagined, edited)
+        assert len(what_if) == HORIZON and what_if[0].shape[1] == 4 * w + 3 * SEP  # real | true | scale | reversed
+        assert np.array_equal(panel(real_actions[0], 1), panel(what_if[0], 1))  # the same imagined frames
+        for i in (2, 3):
+            assert not np.array_equal(panel(what_if[0], 1), panel(what_if[0], i))
         assert len(frames_of(out / f"whatif_{cam}.mp4")) == HORIZON
     html = (out / "report.html").read_text()
     assert html.count("data:image/gif") == 2 * len(CAMERAS) and "href='whatif_front.mp4'" in html
+    assert "under scale:-3 | reversed actions" in html and "PSNR under reversed actions (dB)" in html
+
+
+def test_what_if_none_writes_no_what_if(trained, tmp_path):
+    store, run = trained
+    main([f"checkpoint={run}", f"data.path={store}", "episode=ep-000000", "sampler_steps=1", "what_if=none",
+          f"out={tmp_path}"])  # fmt: skip
+    assert (tmp_path / "rollout_front.gif").is_file() and not list(tmp_path.glob("whatif_*"))
+    assert json.loads((tmp_path / "metrics.json").read_text())["what_if"] == {}
 
 
 @pytest.mark.parametrize(("args", "message"), [
     (["episode=ep-999"], "has no episode 'ep-999'; it has ep-000000, ep-000001"),
     (["episode=ep-000000", "start=12"], "has 16 frames; a rollout from frame 12 needs at least 17"),
-    (["episode=ep-000000", "what_if=double"], "what_if must be scale:F, zero or file:PATH.npy"),
+    (["episode=ep-000000", "what_if=double"], "what_if specs are shuffled, zero, reversed, scale:F or file:"),
+    (["episode=ep-000000", "what_if=zero,,reversed"], "what_if must list distinct specs"),
+    (["episode=ep-000000", "what_if=zero,zero"], "what_if must list distinct specs"),
     (["episode=ep-000000", "what_if=scale:x"], "what_if=scale:F needs a number"),
     (["episode=ep-000000", "colour=red"], "expected key=value with key one of"),
     (["episode=ep-000000", "eval=no-such-eval.json"], "eval=no-such-eval.json cannot be read"),
@@ -210,6 +227,18 @@ def test_edit_actions_reads_both_file_layouts(tmp_path):
         assert not edited[..., 2].any()
     assert torch.equal(edit_actions("scale:0.5", actions, mask), actions * 0.5)
     assert not edit_actions("zero", actions, mask).any()
+
+
+def test_shuffled_and_reversed_replay_the_same_actions_at_other_times():
+    actions = torch.arange(24.0).reshape(1, 4, 2, 3)  # H 4 chunks of s 2 steps, 3 dims: step t is [3t, 3t+1, 3t+2]
+    mask = torch.ones(3, dtype=torch.bool)
+    steps = lambda a: a.reshape(8, 3)  # noqa: E731
+    assert torch.equal(steps(edit_actions("reversed", actions, mask)), steps(actions).flip(0))
+    shuffled = steps(edit_actions("shuffled", actions, mask, seed=1))
+    order = (shuffled[:, 0] / 3).long()
+    assert sorted(order.tolist()) == list(range(8)) and order.tolist() != list(range(8))
+    assert torch.equal(shuffled, steps(actions)[order])  # whole steps move: each keeps its dimensions together
+    assert torch.equal(edit_actions("shuffled", actions, mask, seed=1), edit_actions("shuffled", actions, mask, seed=1))
 
 
 def test_psnr_of_known_images():
