@@ -9,12 +9,16 @@ DEMO_SRC := datasets/metaworld_mt10
 DEMO_OUT := outputs/demo
 DEMO_EVAL := horizons=1,4,16 batches=8 batch_size=4 sampler_steps=10 verdict_sampler_steps=1
 GL_PACKAGE := libosmesa6
+CORPUS_OUT := outputs/corpus
+CORPUS_EPISODES := 24# per task: 45 x 24 = 1,080 episodes
+CORPUS_MIX := expert=0.4,dart=0.3,explore=0.3
+HELD_OUT_EPISODES := 10# per held-out task, for scoring only
 
 # python3.12 from PATH, else a pyenv-installed 3.12 (whose shim only answers when 3.12 is selected)
 PYTHON312 ?= $(shell for p in python3.12 $$HOME/.pyenv/versions/3.12*/bin/python3.12 /usr/local/bin/python3.12 /usr/bin/python3.12; do \
 	  $$p -c 'import sys; assert sys.version_info[:2] == (3, 12)' >/dev/null 2>&1 && { echo $$p; break; }; done)
 
-.PHONY: demo test gl bench lint clean
+.PHONY: demo corpus test gl bench lint clean
 
 $(VENV)/.installed: pyproject.toml plugins/lerobot_policy_robofm/pyproject.toml
 	@test -n "$(PYTHON312)" || { echo "Python 3.12 not found: install it and make python3.12 runnable"; exit 1; }
@@ -58,6 +62,24 @@ demo: $(VENV)/.installed
 	$(VENV)/bin/robofm-viz checkpoint=$(DEMO_OUT)/run data.path=$(DEMO_OUT)/store eval=$(DEMO_OUT)/eval.json \
 	  out=$(DEMO_OUT)/report
 	@echo "demo: model $(DEMO_OUT)/run/export, held-out metrics $(DEMO_OUT)/eval.json, report $(DEMO_OUT)/report/report.html"
+
+# The pretraining corpus: ML45's 45 train tasks (never its 5 test tasks), each with scripted-expert, DART and
+# exploring episodes, recorded by 2 worker processes as LeRobot v3 into $(CORPUS_OUT)/lerobot and converted into the
+# store $(CORPUS_OUT)/store; and, for scoring only, episodes of the 5 held-out tasks ($(CORPUS_OUT)/held_out_tasks).
+# Deterministic for the collector's --seed (0). A finished collection (meta/collect.json) or conversion
+# (manifest.json) is reused; an interrupted collection starts that dataset again.
+corpus: $(VENV)/.installed
+	test -f $(CORPUS_OUT)/lerobot/meta/collect.json || $(PY) scripts/collect_metaworld.py --out $(CORPUS_OUT)/lerobot \
+	  --repo-id robofm/metaworld_ml45_corpus --tasks ml45 --episodes-per-task $(CORPUS_EPISODES) --mix $(CORPUS_MIX) \
+	  --workers 2 --overwrite
+	test -f $(CORPUS_OUT)/store/manifest.json || \
+	  $(VENV)/bin/robofm-convert lerobot $(CORPUS_OUT)/lerobot --out $(CORPUS_OUT)/store --overwrite --workers 2 --license mit
+	test -f $(CORPUS_OUT)/held_out_tasks/lerobot/meta/collect.json || $(PY) scripts/collect_metaworld.py \
+	  --out $(CORPUS_OUT)/held_out_tasks/lerobot --repo-id robofm/metaworld_ml45_held_out_tasks --tasks ml45-test \
+	  --allow-held-out --episodes-per-task $(HELD_OUT_EPISODES) --mix $(CORPUS_MIX) --workers 2 --overwrite
+	test -f $(CORPUS_OUT)/held_out_tasks/store/manifest.json || $(VENV)/bin/robofm-convert lerobot \
+	  $(CORPUS_OUT)/held_out_tasks/lerobot --out $(CORPUS_OUT)/held_out_tasks/store --overwrite --workers 2 --license mit
+	@echo "corpus: $(CORPUS_OUT)/store (ML45 train tasks), $(CORPUS_OUT)/held_out_tasks/store (ML45 test tasks)"
 
 test: $(VENV)/.installed
 	$(VENV)/bin/pytest -q

@@ -1,12 +1,12 @@
 #!/usr/bin/env python
 """Collect MetaWorld v3 episodes (scripted experts, perturbed and exploring) and write them as a LeRobot v3 dataset.
 
-For every task of ``--tasks`` (``mt10``, the default; ``ml45``, MetaWorld ML45's 45 train tasks; or task names) the
-script builds MetaWorld's MT1 benchmark for that task (50 goal/object layouts drawn with ``--seed``), runs the
-task's scripted expert from ``metaworld.policies`` on successive layouts, renders the chosen cameras offscreen,
-and keeps only the episodes that end in success, until it has ``--episodes-per-task`` of them. ML45's five test
-tasks (robofm.sim.tasks.HELD_OUT_TASKS) are refused unless ``--allow-held-out``: a pretraining corpus must not hold
-them.
+For every task of ``--tasks`` (``mt10``, the default; ``ml45``, MetaWorld ML45's 45 train tasks; ``ml45-test``, its
+5 test tasks; or task names) the script builds MetaWorld's MT1 benchmark for that task (50 goal/object layouts drawn
+with ``--seed``), runs the task's scripted expert from ``metaworld.policies`` on successive layouts, renders the
+chosen cameras offscreen, and keeps only the episodes that end in success, until it has ``--episodes-per-task`` of
+them. ML45's five test tasks (robofm.sim.tasks.HELD_OUT_TASKS) are refused unless ``--allow-held-out``: a
+pretraining corpus must not hold them.
 
 Episode kinds (``--mix``, fractions of each task's episodes; the summary counts them). A smooth expert's next action
 is nearly a function of its past, so a world model trained on experts alone can ignore the actions; the other kinds
@@ -88,7 +88,7 @@ from robofm.sim.tasks import ML45_TRAIN_TASKS  # noqa: E402
 ACTION_NAMES = ["dx", "dy", "dz", "grip"]
 LAYOUT_NAMES = ["mt1_seed", "mt1_index", "kind"]
 KINDS = ("expert", "dart", "explore")
-TASK_SETS = {"mt10": MT10_TASKS, "ml45": ML45_TRAIN_TASKS, "all": TASKS}
+TASK_SETS = {"mt10": MT10_TASKS, "ml45": ML45_TRAIN_TASKS, "ml45-test": HELD_OUT_TASKS, "all": TASKS}
 EXPLORE_HOLD = 4  # frames each random action of an exploring segment is held
 ONE_OBJECT = [*range(7), *range(14, 17)]  # ENV_STATE_NAMES without the second object's slot
 
@@ -101,7 +101,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--repo-id", default="robofm/metaworld_mt10", help="repo id recorded in the dataset")
     p.add_argument("--episodes-per-task", type=int, default=10, help="successful episodes kept per task")
     p.add_argument("--tasks", default="mt10",
-                   help="mt10, ml45 (ML45's train tasks), all, or comma-separated MetaWorld v3 task names")  # fmt: skip
+                   help="mt10, ml45 (ML45's train tasks), ml45-test (its test tasks), all, or comma-separated task names")  # fmt: skip
     p.add_argument("--allow-held-out", action="store_true",
                    help=f"collect ML45's test tasks too ({', '.join(HELD_OUT_TASKS)}): never for a pretraining corpus")  # fmt: skip
     p.add_argument("--mix", default="expert=1",
