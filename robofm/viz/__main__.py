@@ -131,22 +131,26 @@ def _metrics(args, ep, imagined, what_if, trace, cameras, diffusion) -> dict:
     from robofm.viz.rollout import psnr
 
     baseline = np.broadcast_to(ep.last_context, ep.real.shape)
+    per_camera = psnr(ep.real, imagined)  # [H, C]
+    model = per_camera.mean(1)
     m = {
         "episode": ep.info.id, "task": ep.info.task, "start": ep.start, "horizon": ep.horizon,
         "requested_horizon": ep.requested_horizon, "sampler_steps": args["sampler_steps"], "seed": args["seed"],
         "frame_diffusion": diffusion, "cameras": list(cameras), "frame_index": ep.frame_index.tolist(),
-        "psnr": psnr(ep.real, imagined).mean(1).tolist(),  # per horizon step, mean over cameras
+        "psnr": model.tolist(),  # per horizon step, mean over cameras
         "psnr_copy_last": psnr(ep.real, baseline).mean(1).tolist(),
-        "psnr_per_camera": {c: psnr(ep.real, imagined)[:, i].tolist() for i, c in enumerate(cameras)},
+        "psnr_per_camera": {c: per_camera[:, i].tolist() for i, c in enumerate(cameras)},
         "action_mse": trace.mse().tolist(),
         "action_mse_baselines": {name: v.tolist() for name, v in trace.baseline_mse().items()},
     }  # fmt: skip
-    real = psnr(ep.real, imagined).mean(1)
-    m["what_if"] = {spec: {
-        "psnr": psnr(ep.real, frames).mean(1).tolist(),
-        "psnr_vs_imagined": psnr(imagined, frames).mean(1).tolist(),  # how far the edit moved the imagined frames
-        "action_use": (real - psnr(ep.real, frames).mean(1)).tolist(),  # PSNR under the episode's minus the edit's
-    } for spec, frames in what_if.items()}  # fmt: skip
+    m["what_if"] = {}
+    for spec, frames in what_if.items():
+        under = psnr(ep.real, frames).mean(1)
+        m["what_if"][spec] = {
+            "psnr": under.tolist(),
+            "psnr_vs_imagined": psnr(imagined, frames).mean(1).tolist(),  # how far the edit moved the imagined frames
+            "action_use": (model - under).tolist(),  # PSNR under the episode's actions minus under the edit's
+        }
     return m
 
 

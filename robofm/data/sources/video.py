@@ -346,7 +346,9 @@ def leave_realtime_scheduling() -> None:
     Every thread and process started from that thread inherits the policy, and a busy thread at that priority is
     never preempted by its peers: pinned to one CPU, a collection whose parent had encoded AV1 starved its own
     workers and never finished (issue 26). Call it after encoding, before starting threads or processes."""
-    for tid in os.listdir("/proc/self/task") if os.path.isdir("/proc/self/task") else ["0"]:
+    if not os.path.isdir("/proc/self/task"):  # not Linux: no os.sched_setscheduler, and SVT-AV1 does not do this
+        return
+    for tid in os.listdir("/proc/self/task"):
         try:
             if os.sched_getscheduler(int(tid)) in (os.SCHED_FIFO, os.SCHED_RR):
                 os.sched_setscheduler(int(tid), os.SCHED_OTHER, os.sched_param(0))
