@@ -31,16 +31,19 @@ def main() -> None:
     env.reset()
     camera = mujoco.mj_name2id(env.model, mujoco.mjtObj.mjOBJ_CAMERA, mw.CAMERAS[args.camera]["name"])
     flags = mujoco.mjtRndFlag
-    settings = {  # name: (size, shadow map size, {render flag: on})
-        "as collected (96 px, shadow map 1024)": (96, mw.SHADOW_MAP_SIZE, {}),
-        "shadow map 256": (96, 256, {}),
-        "64 px": (64, mw.SHADOW_MAP_SIZE, {}),
-        "no shadows": (96, mw.SHADOW_MAP_SIZE, {flags.mjRND_SHADOW: False}),
-        "no shadows, no reflection": (96, mw.SHADOW_MAP_SIZE, {flags.mjRND_SHADOW: False, flags.mjRND_REFLECTION: False}),
+    samples = int(env.model.vis.quality.offsamples)  # MuJoCo's multisampling of the offscreen buffer (4)
+    settings = {  # name: (size, shadow map size, offscreen samples, {render flag: on})
+        "as collected (96 px, shadow map 1024)": (96, mw.SHADOW_MAP_SIZE, samples, {}),
+        "shadow map 256": (96, 256, samples, {}),
+        "64 px": (64, mw.SHADOW_MAP_SIZE, samples, {}),
+        "no multisampling": (96, mw.SHADOW_MAP_SIZE, 0, {}),
+        "no shadows": (96, mw.SHADOW_MAP_SIZE, samples, {flags.mjRND_SHADOW: False}),
+        "no shadows, no reflection": (96, mw.SHADOW_MAP_SIZE, samples, {flags.mjRND_SHADOW: False, flags.mjRND_REFLECTION: False}),
     }  # fmt: skip
     rows, reference = [], None
-    for name, (size, shadow_map, off) in settings.items():
-        env.model.vis.quality.shadowsize = shadow_map  # read when the GL context is created
+    for name, (size, shadow_map, offsamples, off) in settings.items():
+        env.model.vis.quality.shadowsize = shadow_map  # both read when the GL context is created
+        env.model.vis.quality.offsamples = offsamples
         renderer = mujoco.Renderer(env.model, size, size)
         image = _render(renderer, env, camera, off)
         start = time.perf_counter()

@@ -18,7 +18,9 @@ from robofm.data.store import StoreWriter, split_from_hash
 def time_shared():
     """Every test leaves pytest's threads time-shared: the test videos' and lerobot's AV1 encoder, run as root, make
     the thread that feeds it SCHED_FIFO 99, which every later subprocess and thread pool of the suite would inherit
-    (see leave_realtime_scheduling)."""
+    (see leave_realtime_scheduling). It also starts each test time-shared, whatever a fixture or plugin that ran
+    before it left behind."""
+    leave_realtime_scheduling()
     yield
     leave_realtime_scheduling()
 
