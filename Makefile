@@ -12,13 +12,15 @@ GL_PACKAGE := libosmesa6
 CORPUS_OUT := outputs/corpus
 CORPUS_EPISODES := 24# per task: 45 x 24 = 1,080 episodes
 CORPUS_MIX := expert=0.4,dart=0.3,explore=0.3
+CORPUS_CAMERAS := corner2# one camera (LeRobot's MetaWorld view): 0.67x the collector's time of two (RESULTS.md)
 HELD_OUT_EPISODES := 10# per held-out task, for scoring only
+PRETRAIN_EVAL := horizons=1,4 batches=50 batch_size=4 sampler_steps=10 verdict_sampler_steps=1
 
 # python3.12 from PATH, else a pyenv-installed 3.12 (whose shim only answers when 3.12 is selected)
 PYTHON312 ?= $(shell for p in python3.12 $$HOME/.pyenv/versions/3.12*/bin/python3.12 /usr/local/bin/python3.12 /usr/bin/python3.12; do \
 	  $$p -c 'import sys; assert sys.version_info[:2] == (3, 12)' >/dev/null 2>&1 && { echo $$p; break; }; done)
 
-.PHONY: demo corpus test gl bench lint clean
+.PHONY: demo corpus pretrain test gl bench lint clean
 
 $(VENV)/.installed: pyproject.toml plugins/lerobot_policy_robofm/pyproject.toml
 	@test -n "$(PYTHON312)" || { echo "Python 3.12 not found: install it and make python3.12 runnable"; exit 1; }
@@ -71,15 +73,28 @@ demo: $(VENV)/.installed
 corpus: $(VENV)/.installed
 	test -f $(CORPUS_OUT)/lerobot/meta/collect.json || $(PY) scripts/collect_metaworld.py --out $(CORPUS_OUT)/lerobot \
 	  --repo-id robofm/metaworld_ml45_corpus --tasks ml45 --episodes-per-task $(CORPUS_EPISODES) --mix $(CORPUS_MIX) \
-	  --workers 2 --overwrite
+	  --cameras $(CORPUS_CAMERAS) --workers 2 --overwrite
 	test -f $(CORPUS_OUT)/store/manifest.json || \
 	  $(VENV)/bin/robofm-convert lerobot $(CORPUS_OUT)/lerobot --out $(CORPUS_OUT)/store --overwrite --workers 2 --license mit
 	test -f $(CORPUS_OUT)/held_out_tasks/lerobot/meta/collect.json || $(PY) scripts/collect_metaworld.py \
 	  --out $(CORPUS_OUT)/held_out_tasks/lerobot --repo-id robofm/metaworld_ml45_held_out_tasks --tasks ml45-test \
-	  --allow-held-out --episodes-per-task $(HELD_OUT_EPISODES) --mix $(CORPUS_MIX) --workers 2 --overwrite
+	  --allow-held-out --episodes-per-task $(HELD_OUT_EPISODES) --mix $(CORPUS_MIX) --cameras $(CORPUS_CAMERAS) \
+	  --workers 2 --overwrite
 	test -f $(CORPUS_OUT)/held_out_tasks/store/manifest.json || $(VENV)/bin/robofm-convert lerobot \
-	  $(CORPUS_OUT)/held_out_tasks/lerobot --out $(CORPUS_OUT)/held_out_tasks/store --overwrite --workers 2 --license mit
+	  $(CORPUS_OUT)/held_out_tasks/lerobot --out $(CORPUS_OUT)/held_out_tasks/store --overwrite --workers 2 --license mit \
+	  --val-fraction 1
 	@echo "corpus: $(CORPUS_OUT)/store (ML45 train tasks), $(CORPUS_OUT)/held_out_tasks/store (ML45 test tasks)"
+
+# The corpus-scale base: robofm-train experiment=pretrain on the corpus (sized by robofm-plan for 60 minutes of
+# 2 cores), scored by robofm-eval on the held-out episodes of the corpus tasks and on the held-out tasks' episodes,
+# which it never saw. An interrupted `make pretrain` continues from its latest checkpoint (resume=auto).
+pretrain: corpus
+	$(VENV)/bin/robofm-train experiment=pretrain data.path=$(CORPUS_OUT)/store hydra.run.dir=$(CORPUS_OUT)/run resume=auto
+	$(VENV)/bin/robofm-eval checkpoint=$(CORPUS_OUT)/run data.path=$(CORPUS_OUT)/store \
+	  out=$(CORPUS_OUT)/eval_held_out_episodes.json $(PRETRAIN_EVAL)
+	$(VENV)/bin/robofm-eval checkpoint=$(CORPUS_OUT)/run data.path=$(CORPUS_OUT)/held_out_tasks/store \
+	  out=$(CORPUS_OUT)/eval_held_out_tasks.json $(PRETRAIN_EVAL)
+	@echo "pretrain: base $(CORPUS_OUT)/run/export, held-out metrics $(CORPUS_OUT)/eval_held_out_{episodes,tasks}.json"
 
 test: $(VENV)/.installed
 	$(VENV)/bin/pytest -q

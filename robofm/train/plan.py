@@ -167,10 +167,12 @@ def plan_minutes(
     return rows
 
 
-def probe_step_seconds(builder, seq, size: str, device, precision: str = "fp32", steps: int = 3) -> float:
+def probe_step_seconds(builder, seq, size: str, device, precision: str = "fp32", steps: int = 3,
+                       adaln: bool = False) -> float:  # fmt: skip
     """Seconds per optimizer step of `size` on `device`: one warm-up step, then the median of `steps` timed ones,
     each a forward and backward of the real Objective on the batch `seq`, gradient clipping and an AdamW step,
-    as robofm-train takes them (without its data loading, validation and checkpoints)."""
+    as robofm-train takes them (without its data loading, validation and checkpoints). The model is robofm-train's
+    (the frame before in each NOISY token), with or without adaLN."""
     import torch
 
     from robofm.models.config import model_config
@@ -181,7 +183,7 @@ def probe_step_seconds(builder, seq, size: str, device, precision: str = "fp32",
     from robofm.train.parallelize import autocast, clip_grad_norm
 
     torch.manual_seed(0)
-    model = RobofmModel(model_config(builder, size)).to(device)
+    model = RobofmModel(model_config(builder, size, **_inputs(adaln))).to(device)
     optimizer = build_optimizer(model, OptimConfig())
     objective = Objective(ObjectiveConfig())
     seq = seq.to(device)
@@ -235,6 +237,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--probe-steps", type=int, default=3, help="--minutes: timed steps per size, after one warm-up")
     p.add_argument("--num-workers", type=int, default=2, help="--minutes: loader processes, as data.num_workers")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="--minutes: where to probe")
+    p.add_argument("--adaln", action="store_true",
+                   help="size the model with adaLN action conditioning, as model.adaln=true (experiment=demo, pretrain)")
     p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
                    help="--minutes: as trainer.precision (auto: decided per size as robofm-train decides it)")  # fmt: skip
     args = p.parse_args(argv)
@@ -262,7 +266,15 @@ def _io(builder) -> dict:
     from robofm.models.config import model_config
 
     cfg = model_config(builder, "debug")
-    return {k: getattr(cfg, k) for k in ("vocab_size", "patch_dim", "state_dim", "max_cameras", "max_patches")}
+    fields = ("vocab_size", "patch_dim", "state_dim", "max_cameras", "max_patches", "action_chunk_dim")
+    return {k: getattr(cfg, k) for k in fields}
+
+
+def _inputs(adaln: bool) -> dict:
+    """The model options robofm-train builds with (TrainConfig's model.prev_frame_input is on), and model.adaln."""
+    from robofm.train.config import ModelSchema
+
+    return {"prev_frame_input": ModelSchema().prev_frame_input, "adaln": adaln}
 
 
 def print_flops_plan(args, ds, builder) -> None:
@@ -273,7 +285,7 @@ def print_flops_plan(args, ds, builder) -> None:
     table = Table(title=f"robofm-plan: {flops:.3g} FLOPs on {dataset_tokens / 1e6:,.2f}M tokens per epoch")
     for col in ("size", "parameters", "tokens", "tokens/param", "epochs", "steps"):
         table.add_column(col, justify="right")
-    for r in suggest(flops, dataset_tokens, _io(builder)):
+    for r in suggest(flops, dataset_tokens, {**_io(builder), **_inputs(args.adaln)}):
         steps = r["tokens"] / (per_sample * batch)
         table.add_row(("-> " if r["best"] else "") + r["size"], f"{r['parameters'] / 1e6:,.1f}M",
                       f"{r['tokens'] / 1e6:,.1f}M", f"{r['tokens_per_param']:,.1f}", f"{r['epochs']:,.1f}",
@@ -301,7 +313,8 @@ def print_minutes_plan(args, ds, builder) -> None:
     seq, load_s = _timed_batch(ds, builder, batch)
     loading = load_s / max(args.num_workers, 1)
     sizes = args.sizes or list(SIZES)
-    parameters = {s: ModelConfig.sized(s, **_io(builder)).expected_parameters() for s in sizes}
+    options = _inputs(args.adaln)
+    parameters = {s: ModelConfig.sized(s, **_io(builder), **options).expected_parameters() for s in sizes}
 
     chosen: dict[str, str] = {}  # the precision each size runs in, and why
 
@@ -310,7 +323,7 @@ def print_minutes_plan(args, ds, builder) -> None:
         chosen[why] = chosen.get(why, "") + ("," if why in chosen else "") + size
         log.info("probing %s in %s: %d timed steps of batch %d", size, precision, args.probe_steps, batch)
         try:
-            step_s = probe_step_seconds(builder, seq, size, device, precision, args.probe_steps)
+            step_s = probe_step_seconds(builder, seq, size, device, precision, args.probe_steps, args.adaln)
         except torch.OutOfMemoryError as e:  # a RuntimeError; plan_minutes stops at a MemoryError
             raise MemoryError(f"batch {batch} on {device}") from e
         return max(step_s, loading) if device.type == "cuda" else step_s + loading
@@ -328,7 +341,7 @@ def print_minutes_plan(args, ds, builder) -> None:
     )
     for why, names in chosen.items():
         console.print(f"precision ({names}): {why}")
-    _print_pick(console, rows, batch)
+    _print_pick(console, rows, batch, " model.adaln=true" if args.adaln else "")
 
 
 def _timed_batch(ds, builder, batch: int):
@@ -345,7 +358,7 @@ def _timed_batch(ds, builder, batch: int):
     return seq, load_s
 
 
-def _print_pick(console: Console, rows: list[dict], batch: int) -> None:
+def _print_pick(console: Console, rows: list[dict], batch: int, extra: str = "") -> None:
     notes = {r["note"]: [] for r in rows if r["note"] and not r["best"]}
     for r in rows:
         notes.get(r["note"], []).append(r["size"])
@@ -363,7 +376,7 @@ def _print_pick(console: Console, rows: list[dict], batch: int) -> None:
     console.print(
         f"pick: {best['size']} ({_count(best['parameters'])} parameters), {best['steps']:,} steps: "
         f"D'/N = {best['ratio']:.1f} effective tokens per parameter, the closest to ~{TOKENS_PER_PARAM:.0f}"
-        f"{edge}.\n  robofm-train model={best['size']} data.batch_size={batch} trainer.max_steps={best['steps']}"
+        f"{edge}.\n  robofm-train model={best['size']} data.batch_size={batch} trainer.max_steps={best['steps']}{extra}"
     )
 
 

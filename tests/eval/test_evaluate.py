@@ -149,3 +149,26 @@ def test_the_command_exits_2_without_a_traceback(tmp_path, held_out_store):
                           capture_output=True, text=True, timeout=120)  # fmt: skip
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr and "does not exist" in proc.stderr
+
+
+def test_eval_curve_scores_every_checkpoint_once_and_prints_a_row_each(run_dir, held_out_store, tmp_path, one_thread,
+                                                                       capsys):  # fmt: skip
+    import runpy
+
+    curve = runpy.run_path(str(Path(__file__).parents[2] / "scripts" / "eval_curve.py"), run_name="eval_curve")
+    out = tmp_path / "curve"
+    keys = ["horizons=1,2", "batches=2", "batch_size=3"]
+    curve["main"]([str(run_dir), str(held_out_store), "--out", str(out), *keys])
+    table = capsys.readouterr().out.splitlines()
+    assert table[0].startswith("| step | h1 vs copy-last | h2 vs copy-last | action use h2 |")
+    assert [r.split("|")[1].strip() for r in table[2:]] == ["2", "4"]
+    first = {p.name: p.stat().st_mtime_ns for p in out.glob("*.json")}
+    assert set(first) == {"eval-step-2.json", "eval-step-4.json"}
+    assert Path(json.loads((out / "eval-step-4.json").read_text())["checkpoint"]).name == "step-00000004"
+    (out / "eval-step-2.json").unlink()  # an interrupted curve: only the missing checkpoint is scored again
+    curve["main"]([str(run_dir), str(held_out_store), "--out", str(out), *keys])
+    assert capsys.readouterr().out.splitlines() == table
+    assert (out / "eval-step-4.json").stat().st_mtime_ns == first["eval-step-4.json"]
+    curve["main"]([str(run_dir), str(held_out_store), "--out", str(out), "horizons=1", "batches=2", "batch_size=3"])
+    assert capsys.readouterr().out.splitlines()[0] == "| step | h1 vs copy-last | action use h1 | " \
+        "action MSE (model / repeat-last / train-mean) |"  # other settings: every checkpoint scored again

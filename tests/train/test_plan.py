@@ -98,10 +98,35 @@ def test_robofm_plan_probes_in_the_precision_it_is_given(tiny_store, capsys, mon
     import robofm.train.plan as plan
 
     used = []
-    monkeypatch.setattr(plan, "probe_step_seconds", lambda b, s, size, d, precision, n: used.append(precision) or 0.1)
+    monkeypatch.setattr(plan, "probe_step_seconds", lambda b, s, size, d, precision, n, adaln: used.append(precision) or 0.1)
     tiny = ["--patch-size", "4", "--window-len", "2", "--batch-size", "2", "--num-workers", "0", "--sizes", "debug"]
     main(["--store", str(tiny_store), "--minutes", "0.5", *tiny, "--precision", "fp32"])
     assert used == ["fp32"] and "precision (debug): fp32: set by trainer.precision" in " ".join(capsys.readouterr().out.split())
+
+
+def test_robofm_plan_sizes_and_probes_the_model_with_adaln_when_asked(tiny_store, capsys, monkeypatch):
+    # experiment=demo and pretrain train with model.adaln=true: its modulations are parameters and time per step
+    import robofm.train.plan as plan
+    from robofm.data.dataset import EpisodeWindowDataset
+    from robofm.models.config import model_config
+    from robofm.models.robofm import RobofmModel
+    from robofm.tokenization.build import TokenizerConfig, build_sequence_builder
+    from robofm.tokenization.sequence import SequenceConfig
+
+    counted, probed, real = {}, [], plan.plan_minutes
+    monkeypatch.setattr(plan, "plan_minutes", lambda m, sizes, params, *a, **k: counted.update(params) or
+                        real(m, sizes, params, *a, **k))  # fmt: skip
+    monkeypatch.setattr(plan, "probe_step_seconds", lambda *a: probed.append(a[-1]) or 0.1)
+    tiny = ["--patch-size", "4", "--window-len", "2", "--batch-size", "2", "--num-workers", "0", "--sizes", "debug"]
+    main(["--store", str(tiny_store), "--minutes", "0.5", *tiny])
+    without = counted["debug"]
+    main(["--store", str(tiny_store), "--minutes", "0.5", *tiny, "--adaln"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert probed == [False, True] and out.endswith("model.adaln=true")
+    ds = EpisodeWindowDataset([str(tiny_store)], 2, 2, split="train")  # as robofm-plan builds it
+    builder = build_sequence_builder(ds, SequenceConfig(window_len=2, stride=2), TokenizerConfig(patch_size=4))
+    built = RobofmModel(model_config(builder, "debug", prev_frame_input=True, adaln=True)).num_parameters()
+    assert counted["debug"] == built > without
 
 
 def test_robofm_plan_takes_one_budget(tiny_store):
