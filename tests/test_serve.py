@@ -173,7 +173,12 @@ def test_the_command_serves_until_ctrl_c(export):
         with Client("127.0.0.1", port, timeout=WAIT) as client:
             assert client.select_action(observation(0)).shape == (2,)
         proc.send_signal(signal.SIGINT)
-        assert proc.wait(WAIT) == 0
+        try:
+            assert proc.wait(WAIT) == 0
+        except subprocess.TimeoutExpired:  # its signal masks, for the report: this timed out twice in full-suite
+            # runs (2026-12-05 and 12-06), never alone; an inherited ignored or blocked SIGINT would show here
+            status = Path(f"/proc/{proc.pid}/status").read_text().splitlines() if sys.platform == "linux" else []
+            pytest.fail(f"robofm-serve ignored SIGINT for {WAIT} s: {[x for x in status if x.startswith('Sig')]}")
         assert "robofm-serve: stopped" in proc.stderr.read()
     finally:
         watchdog.cancel()
