@@ -50,14 +50,14 @@ def plan(args: argparse.Namespace) -> list[dict]:
     from robofm.models.config import ModelConfig
     from robofm.tokenization.build import TokenizerConfig, build_sequence_builder, epoch_tokens
     from robofm.tokenization.sequence import SequenceConfig
-    from robofm.train.plan import _inputs, _io, _timed_batch, plan_minutes, probe_step_seconds
+    from robofm.train.plan import _io, _timed_batch, plan_minutes, probe_step_seconds
     from robofm.train.precision import resolve_precision
 
     ds = EpisodeWindowDataset(REPO / args.store, 4, 2, split="train")
     builder = build_sequence_builder(ds, SequenceConfig(), TokenizerConfig(patch_size=16))
     seq, load_s = _timed_batch(ds, builder, args.batch_size)
     cpu = torch.device("cpu")
-    parameters = {s: ModelConfig.sized(s, **_io(builder), **_inputs(False)).expected_parameters() for s in args.sizes}
+    parameters = {s: ModelConfig.sized(s, **_io(builder)).expected_parameters() for s in args.sizes}
     precision = {s: resolve_precision("auto", cpu, ModelConfig.sized(s, **_io(builder)).dim) for s in args.sizes}
 
     def measure(size: str) -> float:  # as robofm-plan: the probe plus loading a batch shared by 2 workers

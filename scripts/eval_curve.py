@@ -18,6 +18,7 @@ from pathlib import Path
 
 from robofm.cli import parse_command
 from robofm.errors import RobofmError
+from robofm.eval.__main__ import NAMES
 from robofm.eval.evaluate import EvalConfig, evaluate
 
 DEFAULTS = ["horizons=1,4", "batches=16", "batch_size=4", "sampler_steps=1", "verdict_sampler_steps=1"]
@@ -69,7 +70,7 @@ def main(argv: list[str] | None = None) -> None:
     for step, ckpt in checkpoints(args.run):
         path = out / f"eval-step-{step}.json"
         keys = [f"checkpoint={ckpt}", f"data.path={args.store}", f"out={path}", *DEFAULTS, *args.keys]
-        cfg = parse_command(EvalConfig, keys, prog="eval_curve", names={"data_path": "data.path"})
+        cfg = parse_command(EvalConfig, keys, prog="eval_curve", names=NAMES)
         if not path.is_file() or not same_settings(json.loads(path.read_text()), cfg):
             try:
                 evaluate(cfg)

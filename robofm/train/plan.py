@@ -175,7 +175,7 @@ def probe_step_seconds(builder, seq, size: str, device, precision: str = "fp32",
     (the frame before in each NOISY token), with or without adaLN."""
     import torch
 
-    from robofm.models.config import model_config
+    from robofm.models.config import ModelConfig
     from robofm.models.robofm import RobofmModel
     from robofm.objectives.objective import Objective, ObjectiveConfig
     from robofm.train.build import build_optimizer
@@ -183,7 +183,7 @@ def probe_step_seconds(builder, seq, size: str, device, precision: str = "fp32",
     from robofm.train.parallelize import autocast, clip_grad_norm
 
     torch.manual_seed(0)
-    model = RobofmModel(model_config(builder, size, **_inputs(adaln))).to(device)
+    model = RobofmModel(ModelConfig.sized(size, **_io(builder, adaln))).to(device)
     optimizer = build_optimizer(model, OptimConfig())
     objective = Objective(ObjectiveConfig())
     seq = seq.to(device)
@@ -261,20 +261,15 @@ def main(argv: list[str] | None = None) -> None:
         print_flops_plan(args, ds, builder)
 
 
-def _io(builder) -> dict:
-    """The data-dependent model fields (vocabulary, patch, state and camera shapes) for a builder."""
+def _io(builder, adaln: bool = False) -> dict:
+    """ModelConfig.sized's fields for a builder: the data-dependent ones (vocabulary, patch, state, camera and
+    action shapes), and the inputs robofm-train builds with (TrainConfig's model.prev_frame_input is on) and adaLN."""
     from robofm.models.config import model_config
+    from robofm.train.config import ModelSchema
 
     cfg = model_config(builder, "debug")
     fields = ("vocab_size", "patch_dim", "state_dim", "max_cameras", "max_patches", "action_chunk_dim")
-    return {k: getattr(cfg, k) for k in fields}
-
-
-def _inputs(adaln: bool) -> dict:
-    """The model options robofm-train builds with (TrainConfig's model.prev_frame_input is on), and model.adaln."""
-    from robofm.train.config import ModelSchema
-
-    return {"prev_frame_input": ModelSchema().prev_frame_input, "adaln": adaln}
+    return {**{k: getattr(cfg, k) for k in fields}, "prev_frame_input": ModelSchema().prev_frame_input, "adaln": adaln}
 
 
 def print_flops_plan(args, ds, builder) -> None:
@@ -285,7 +280,7 @@ def print_flops_plan(args, ds, builder) -> None:
     table = Table(title=f"robofm-plan: {flops:.3g} FLOPs on {dataset_tokens / 1e6:,.2f}M tokens per epoch")
     for col in ("size", "parameters", "tokens", "tokens/param", "epochs", "steps"):
         table.add_column(col, justify="right")
-    for r in suggest(flops, dataset_tokens, {**_io(builder), **_inputs(args.adaln)}):
+    for r in suggest(flops, dataset_tokens, _io(builder, args.adaln)):
         steps = r["tokens"] / (per_sample * batch)
         table.add_row(("-> " if r["best"] else "") + r["size"], f"{r['parameters'] / 1e6:,.1f}M",
                       f"{r['tokens'] / 1e6:,.1f}M", f"{r['tokens_per_param']:,.1f}", f"{r['epochs']:,.1f}",
@@ -313,13 +308,13 @@ def print_minutes_plan(args, ds, builder) -> None:
     seq, load_s = _timed_batch(ds, builder, batch)
     loading = load_s / max(args.num_workers, 1)
     sizes = args.sizes or list(SIZES)
-    options = _inputs(args.adaln)
-    parameters = {s: ModelConfig.sized(s, **_io(builder), **options).expected_parameters() for s in sizes}
+    io = _io(builder, args.adaln)
+    parameters = {s: ModelConfig.sized(s, **io).expected_parameters() for s in sizes}
 
     chosen: dict[str, str] = {}  # the precision each size runs in, and why
 
     def measure(size: str) -> float:
-        precision, why = resolve_precision(args.precision, device, ModelConfig.sized(size, **_io(builder)).dim)
+        precision, why = resolve_precision(args.precision, device, ModelConfig.sized(size, **io).dim)
         chosen[why] = chosen.get(why, "") + ("," if why in chosen else "") + size
         log.info("probing %s in %s: %d timed steps of batch %d", size, precision, args.probe_steps, batch)
         try:
