@@ -7,7 +7,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 DEMO_SRC := datasets/metaworld_mt10
 DEMO_OUT := outputs/demo
-DEMO_EVAL := horizons=1,4,16 batches=8 batch_size=4 sampler_steps=10 verdict_sampler_steps=1
+DEMO_EVAL := horizons=1,4 batches=25 batch_size=4 sampler_steps=10 verdict_sampler_steps=1# 100 held-out windows
 GL_PACKAGE := libosmesa6
 CORPUS_OUT := outputs/corpus
 CORPUS_EPISODES := 24# per task: 45 x 24 = 1,080 episodes

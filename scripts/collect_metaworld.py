@@ -83,11 +83,11 @@ from robofm.sim.metaworld import (  # noqa: E402  (chooses MUJOCO_GL: before any
     mt1_layouts,
     split_obs,
 )
+from robofm.sim.tasks import EPISODE_KINDS as KINDS  # noqa: E402
 from robofm.sim.tasks import ML45_TRAIN_TASKS  # noqa: E402
 
 ACTION_NAMES = ["dx", "dy", "dz", "grip"]
 LAYOUT_NAMES = ["mt1_seed", "mt1_index", "kind"]
-KINDS = ("expert", "dart", "explore")
 TASK_SETS = {"mt10": MT10_TASKS, "ml45": ML45_TRAIN_TASKS, "ml45-test": HELD_OUT_TASKS, "all": TASKS}
 EXPLORE_HOLD = 4  # frames each random action of an exploring segment is held
 ONE_OBJECT = [*range(7), *range(14, 17)]  # ENV_STATE_NAMES without the second object's slot
@@ -99,19 +99,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--out", type=Path, default=Path("datasets/metaworld_mt10"), help="dataset folder to create")
     p.add_argument("--repo-id", default="robofm/metaworld_mt10", help="repo id recorded in the dataset")
-    p.add_argument("--episodes-per-task", type=int, default=10, help="successful episodes kept per task")
+    p.add_argument("--episodes-per-task", type=int, default=20, help="successful episodes kept per task")
     p.add_argument("--tasks", default="mt10",
                    help="mt10, ml45 (ML45's train tasks), ml45-test (its test tasks), all, or comma-separated task names")  # fmt: skip
     p.add_argument("--allow-held-out", action="store_true",
                    help=f"collect ML45's test tasks too ({', '.join(HELD_OUT_TASKS)}): never for a pretraining corpus")  # fmt: skip
-    p.add_argument("--mix", default="expert=1",
+    p.add_argument("--mix", default="expert=0.4,dart=0.3,explore=0.3",
                    help=f"fractions of each task's episodes per kind, from {', '.join(KINDS)} (e.g. expert=0.4,dart=0.3,explore=0.3)")  # fmt: skip
     p.add_argument("--dart-std", type=float, default=0.3, help="std of the dart kind's correlated action noise")
     p.add_argument("--dart-rho", type=float, default=0.8, help="frame-to-frame correlation of the dart noise")
     p.add_argument("--explore-frames", default="8,20", help="min,max frames of random actions before the expert")
     p.add_argument("--workers", type=int, default=1, help="processes that simulate and render tasks in parallel")
     p.add_argument("--resolution", type=int, default=96, help="square image size in pixels")
-    p.add_argument("--cameras", default="corner2,left", help=f"comma-separated, from {sorted(CAMERAS)}")
+    p.add_argument("--cameras", default="corner2", help=f"comma-separated, from {sorted(CAMERAS)}")
     p.add_argument(
         "--fps", type=int, default=20, help="recorded frames per second; must divide 80 (MetaWorld's control rate)"
     )

@@ -45,6 +45,7 @@ class EpisodeWindowDataset(torch.utils.data.Dataset):
       actions       float32 [K, s, Da]          action_mask bool [Da] (all False: an action-free episode)
       frame_index   int64   [K+1]               (times are frame_index / store fps)
       task, embodiment, episode_id: str; store: int (index into `stores`)
+      kind          int: the episode's kind (robofm.sim.tasks.EPISODE_KINDS), NO_KIND (-1) where it records none
       key           int64: the sample's key (see sample_key)
       latents       float16 [C, K+1, c, h, w]   only with latents=True: the VAE latents of `frames`, stored by
                                                 `robofm-convert --latents` (zeros for a camera the store lacks)
@@ -235,7 +236,7 @@ class EpisodeWindowDataset(torch.utils.data.Dataset):
         items = []
         for b, (s, info, _) in enumerate(where):
             item = {name: per_item[name][b] for name in fields if name != "latents"}
-            item.update(task=info.task, embodiment=info.embodiment, episode_id=info.id, store=s)
+            item.update(task=info.task, embodiment=info.embodiment, episode_id=info.id, store=s, kind=info.kind)
             if latents is not None:
                 item["latents"] = per_item["latents"][b]
             items.append(item)

@@ -31,6 +31,7 @@ from robofm.data.episode import Episode
 from robofm.data.stats import RunningStats
 from robofm.data.store_checks import check_manifest, check_quality, check_stats, read_json
 from robofm.errors import StoreError, UsageError
+from robofm.sim.tasks import NO_KIND
 from robofm.version import __version__
 
 FORMAT_VERSION = 1
@@ -73,6 +74,11 @@ class EpisodeInfo:
         if row["layout"] is None:
             del row["layout"]
         return row
+
+    @property
+    def kind(self) -> int:
+        """The episode's kind, an index of robofm.sim.tasks.EPISODE_KINDS (layout["kind"]), or NO_KIND."""
+        return int((self.layout or {}).get("kind", NO_KIND))
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:

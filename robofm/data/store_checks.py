@@ -13,6 +13,7 @@ from pathlib import Path, PurePath
 from typing import Any
 
 from robofm.errors import StoreError
+from robofm.sim.tasks import EPISODE_KINDS
 
 # the manifest's episode row (EpisodeInfo): key -> (type, what a value must be); layout is optional
 ROW_TYPES: dict[str, tuple[type, str]] = {
@@ -107,6 +108,9 @@ def check_rows(path: Path, rows: list) -> None:
         layout = row.get("layout")
         if layout is not None and not isinstance(layout, dict):
             raise StoreError(f"{where}: layout must be a JSON object or absent, got {_kind(layout)}")
+        kind = (layout or {}).get("kind", 0)
+        if not isinstance(kind, int) or isinstance(kind, bool) or not 0 <= kind < len(EPISODE_KINDS):
+            raise StoreError(f"{where}: layout.kind must be an index of {list(EPISODE_KINDS)}, got {kind!r}")
         if row["id"] in seen_ids:
             raise StoreError(f"{where}: episode id {row['id']!r} appears twice")
         seen_ids.add(row["id"])

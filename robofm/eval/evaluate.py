@@ -271,8 +271,9 @@ def evaluate(cfg: EvalConfig, loaded: Pretrained | None = None, progress: bool =
         "batch_size": cfg.batch_size, "context_steps": k, "stride": s, "frame_diffusion": diffusion.settings(),
         "sampler_steps": cfg.sampler_settings(), "verdict_sampler_steps": verdict_steps,
         "action_estimate": cfg.action_estimate, "past_actions": "hidden" if hide else "visible",
+        "policy_kinds": builder.cfg.policy_kinds,
         "horizons": kept, "dropped_horizons": dropped, "train_mean_source": mean_source,
-        "notes": _notes(cfg, ds, k, s, dropped, diffusion),
+        "notes": _notes(cfg, ds, builder, dropped, diffusion),
         "methods": {"actions": list(ACTION_METHODS), "frames": list(FRAME_METHODS),
                     "frame_differences": list(FRAME_DIFFERENCES)},  # the columns, for readers
         "actions": actions.result(ACTION_METHODS),
@@ -285,11 +286,10 @@ def evaluate(cfg: EvalConfig, loaded: Pretrained | None = None, progress: bool =
     return result
 
 
-def _notes(
-    cfg: EvalConfig, ds: EpisodeWindowDataset, k: int, s: int, dropped: list[int], diffusion: FrameDiffusion
-) -> list[str]:
+def _notes(cfg: EvalConfig, ds: EpisodeWindowDataset, builder: SequenceBuilder, dropped: list[int],
+           diffusion: FrameDiffusion) -> list[str]:  # fmt: skip
     """What a reader of the numbers must know: dropped horizons, baselines that could not run, skipped episodes."""
-    notes = []
+    notes, k, s = [], builder.cfg.window_len, builder.cfg.stride
     if dropped:
         notes.append(f"horizons {dropped} dropped: the longest {cfg.split} episode holds no window of "
                      f"{k} context steps + that horizon at stride {s}")  # fmt: skip
@@ -300,6 +300,10 @@ def _notes(
     if diffusion.kind == "ddpm":
         ddim = "one DDIM step at diffusers' leading spacing (timestep 0), not the posterior mean"
         notes.append(f"with ddpm, 1 sampler step is {ddim}")
+    kinds = builder.cfg.policy_kinds
+    if kinds is not None:
+        notes.append(f"actions are scored on the windows of episodes of kind {', '.join(kinds)} (or of no recorded "
+                     f"kind) alone, the model and the baselines alike: the model's sequence.policy_kinds")
     if ds.too_short:
         notes.append(f"{len(ds.too_short)} {cfg.split} episodes are too short for the longest horizon and were skipped")
     return notes
@@ -319,9 +323,10 @@ def _score_actions(model: RobofmModel, builder: SequenceBuilder, objective: Obje
     pred = predict_action_chunk(model, builder, context, temperature=0.0, estimate=estimate,
                                 hide_past_actions=hide)  # (B, s, Da)  # fmt: skip
     truth = batch["actions"][:, k - 1]  # (B, s, Da): the chunk after the last observation
+    policy = builder.policy_episodes(batch)
     for b, emb in enumerate(batch["embodiment"]):
         dims = int(batch["action_mask"][b].sum())
-        if dims == 0:  # an action-free episode: nothing to score
+        if dims == 0 or not policy[b]:  # an action-free episode, or one whose actions the policy does not learn
             continue
         t = truth[b, :, :dims]
         errors = {"model": (pred[b, :, :dims] - t).pow(2)}

@@ -78,3 +78,9 @@ TASKS = sorted(INSTRUCTIONS)
 HELD_OUT_TASKS = ["bin-picking-v3", "box-close-v3", "door-lock-v3", "door-unlock-v3", "hand-insert-v3"]
 ML45_TRAIN_TASKS = [t for t in TASKS if t not in HELD_OUT_TASKS]
 HELD_OUT_INSTRUCTIONS = {INSTRUCTIONS[t]: t for t in HELD_OUT_TASKS}  # an episode's task text -> its task
+
+# The kinds of episode scripts/collect_metaworld.py records: the scripted expert, the expert under perturbations it
+# recovers from (DART), and random exploration before the expert takes over. An episode's layout["kind"] in the store
+# is the index here; an episode recorded without one (any other source) is taken for a demonstration.
+EPISODE_KINDS = ("expert", "dart", "explore")
+NO_KIND = -1  # the kind of an episode that records none

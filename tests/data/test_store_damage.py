@@ -41,6 +41,8 @@ def _raises(root, *fragments):
         (lambda m: m["episodes"][0].update(shard=3), ["episodes[0]: shard must be a string"]),
         (lambda m: m["episodes"][0].update(has_action="yes"), ["episodes[0]: has_action must be true or false"]),
         (lambda m: m["episodes"][0].update(layout=[1]), ["episodes[0]: layout must be a JSON object"]),
+        (lambda m: m["episodes"][0].update(layout={"kind": 3}), ["episodes[0]: layout.kind must be an index of"]),
+        (lambda m: m["episodes"][0].update(layout={"kind": "dart"}), ["episodes[0]: layout.kind must be an index"]),
         (lambda m: m["episodes"].__setitem__(1, "ep"), ["episodes[1]: expected a JSON object, got string"]),
         (lambda m: m["episodes"][1].update(id="ep-000000"), ["episodes[1]: episode id 'ep-000000' appears twice"]),
         (lambda m: m.update(fps=0), ["fps must be a positive number, got 0"]),

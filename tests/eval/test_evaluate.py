@@ -94,6 +94,27 @@ def test_horizons_longer_than_the_episodes_are_dropped_and_said(run_dir, held_ou
     assert result["verdicts"][1]["passed"] is None and "horizon 4 was not evaluated" in result["verdicts"][1]["detail"]
 
 
+def test_actions_are_scored_on_the_policy_kinds_episodes_alone(run_dir, tmp_path, one_thread):
+    """A model trained with sequence.policy_kinds=[expert] is not scored against the actions of DART episodes: neither
+    it nor the baselines (the action bar is n/a), while its frames are; with [expert, dart] every window counts."""
+    episodes = [textured_episode(16, seed=i) for i in range(3)]
+    for ep in episodes:
+        ep.layout = {"mt1_seed": 0, "mt1_index": 0, "kind": 1}  # dart
+    store = write_store(tmp_path / "dart", episodes, val_fraction=1.0)
+    loaded = from_pretrained(run_dir)
+    cfg = EvalConfig(str(run_dir), str(store), horizons=(1,), batches=1, batch_size=3, sampler_steps=1)
+    scored = {}
+    for kinds in (["expert"], ["expert", "dart"]):
+        loaded.builder.cfg.policy_kinds = kinds
+        scored[len(kinds)] = evaluate(cfg, loaded)
+    one, both = scored[1], scored[2]
+    assert one["policy_kinds"] == ["expert"] and any("kind expert" in note for note in one["notes"])
+    assert one["actions"]["per_embodiment"] == {} and set(one["actions"]["mse"].values()) == {None}
+    assert one["verdicts"][2]["passed"] is None
+    assert both["actions"]["per_embodiment"]["arm"]["windows"] == 3
+    assert one["world_model"] == both["world_model"]  # the frames are scored alike
+
+
 def test_checkpoint_accepts_run_checkpoint_and_export_folders(run_dir, tmp_path):
     exported = load_file(str(run_dir / "export" / "model.safetensors"))
     for path in (run_dir, run_dir / "export"):
