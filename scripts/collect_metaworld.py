@@ -35,7 +35,8 @@ Needs the sim extra (``pip install metaworld==3.1.1``, which pins mujoco 3.3.0) 
 robofm.sim.metaworld sets MUJOCO_GL to a backend that renders (OSMesa or EGL, see robofm/sim/gl.py); where neither
 does, the script exits 2 naming the package to install (``apt-get install -y libosmesa6``). Downloads nothing. Deterministic for a given ``--seed`` (and machine/MuJoCo build).
 
-    python scripts/collect_metaworld.py --out datasets/metaworld_mt10 --overwrite
+    python scripts/collect_metaworld.py --out datasets/metaworld_mt10 --episodes-per-task 20 \
+        --mix expert=0.4,dart=0.3,explore=0.3 --workers 2 --overwrite
     python scripts/collect_metaworld.py --out outputs/corpus/lerobot --tasks ml45 --episodes-per-task 24 \
         --mix expert=0.4,dart=0.3,explore=0.3 --workers 2 --overwrite
     python scripts/collect_metaworld.py --out outputs/button_press --tasks button-press-v3 --episodes-per-task 20
@@ -99,12 +100,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--out", type=Path, default=Path("datasets/metaworld_mt10"), help="dataset folder to create")
     p.add_argument("--repo-id", default="robofm/metaworld_mt10", help="repo id recorded in the dataset")
-    p.add_argument("--episodes-per-task", type=int, default=20, help="successful episodes kept per task")
+    p.add_argument("--episodes-per-task", type=int, default=10, help="successful episodes kept per task")
     p.add_argument("--tasks", default="mt10",
                    help="mt10, ml45 (ML45's train tasks), ml45-test (its test tasks), all, or comma-separated task names")  # fmt: skip
     p.add_argument("--allow-held-out", action="store_true",
                    help=f"collect ML45's test tasks too ({', '.join(HELD_OUT_TASKS)}): never for a pretraining corpus")  # fmt: skip
-    p.add_argument("--mix", default="expert=0.4,dart=0.3,explore=0.3",
+    p.add_argument("--mix", default="expert=1",
                    help=f"fractions of each task's episodes per kind, from {', '.join(KINDS)} (e.g. expert=0.4,dart=0.3,explore=0.3)")  # fmt: skip
     p.add_argument("--dart-std", type=float, default=0.3, help="std of the dart kind's correlated action noise")
     p.add_argument("--dart-rho", type=float, default=0.8, help="frame-to-frame correlation of the dart noise")

@@ -36,8 +36,10 @@ def render(result: dict, console: Console) -> None:
     """The result as two rich tables (actions; the world model per horizon and sampler setting), then one line per
     verdict and the notes."""
     act = result["actions"]
-    table = Table(title=f"Actions: chunk after {result['context_steps']} observations, {result['windows']} "
-                        f"{result['split']} windows (MSE in robot units; lower is better)")  # fmt: skip
+    scored = sum(row["windows"] for row in act["per_embodiment"].values())
+    of = f"{scored} of the {result['windows']}" if scored != result["windows"] else f"{scored}"
+    table = Table(title=f"Actions: chunk after {result['context_steps']} observations, {of} {result['split']} "
+                        f"windows (MSE in robot units; lower is better)")  # fmt: skip
     table.add_column("embodiment")
     table.add_column("dims", justify="right")
     for m in ACTION_METHODS:

@@ -9,7 +9,10 @@ longest kept horizon), so its frames run from step 0 to step K + H_max - 1. On i
   split per embodiment (stats.json's `mean`, which covers every split, when the train split holds no actions of
   that embodiment), and `repeat_last`, the last executed action before the chunk, actions[:, K-2, -1], held for the
   whole chunk (needs K >= 2; null otherwise). Token accuracy and the action loss are the training objective's,
-  teacher-forced, over every action token of the window's first K steps.
+  teacher-forced, over every action token of the window's first K steps. With `actions_on=demonstrations` (the
+  default) only windows of demonstrations count for all of these: episodes of kind expert, or that record no kind
+  (robofm.sim.tasks.EPISODE_KINDS); a DART or exploring episode's executed actions say what the arm did, not what a
+  policy should do, so they are no yardstick (they still drive the world model's imagination below).
 - World model. From the same K observations the model imagines H_max frames under the window's real action
   chunks (those of steps K-1 .. K+H_max-2); horizon h compares imagined frame h with the real frame at step K+h-1.
   The imagination runs at two sampler settings: 1 step (for flow matching the one-step estimate of the posterior
@@ -50,6 +53,7 @@ from robofm.models.pretrained import Pretrained, from_pretrained
 from robofm.models.robofm import RobofmModel
 from robofm.models.sampling import imagine, predict_action_chunk
 from robofm.objectives.objective import Objective, ObjectiveConfig
+from robofm.sim.tasks import EPISODE_KINDS, NO_KIND
 from robofm.tokenization.sequence import IGNORE, TARGET_ACTION, SequenceBuilder
 
 
@@ -74,6 +78,10 @@ class EvalConfig:
         default="mean", metadata={"help": "mean | tokens: the chunk read from its slots (predict_action_chunk)"}
     )
 
+    actions_on: str = field(
+        default="demonstrations", metadata={"help": "demonstrations | all: the windows whose actions score the policy "
+                                            "(demonstrations: of expert episodes, or of no recorded kind)"}
+    )
     past_actions: str = field(
         default="auto", metadata={"help": "auto | visible | hidden: whether the policy sees the earlier action chunks "
                                   "(auto: hidden for a model trained with sequence.past_action_dropout > 0)"}
@@ -229,6 +237,7 @@ def _diff(a: float | None, b: float | None) -> float | None:
 # ------------------------------------------------------------------------------------------------ evaluation
 
 ACTION_METHODS = ("model", "train_mean", "repeat_last")
+DEMONSTRATION_KINDS = (EPISODE_KINDS.index("expert"), NO_KIND)  # the episodes whose actions a policy should imitate
 FRAME_METHODS = ("model", "copy_last", "shuffled_actions")
 SAMPLED_METHODS = ("model", "shuffled_actions")  # scored at each sampler setting; copy_last once per horizon
 FRAME_DIFFERENCES = ("action_use", "gain_over_copy_last")  # model minus shuffled_actions, model minus copy_last
@@ -242,6 +251,8 @@ def evaluate(cfg: EvalConfig, loaded: Pretrained | None = None, progress: bool =
     verdict_steps = cfg.sampler_steps if cfg.verdict_sampler_steps is None else cfg.verdict_sampler_steps
     if verdict_steps not in cfg.sampler_settings():
         raise UsageError(f"verdict_sampler_steps must be 1 or sampler_steps ({cfg.sampler_steps}), not {verdict_steps}")
+    if cfg.actions_on not in ("demonstrations", "all"):
+        raise UsageError(f"actions_on must be demonstrations or all, not {cfg.actions_on!r}")
     if cfg.past_actions not in ("auto", "visible", "hidden"):
         raise UsageError(f"past_actions must be auto, visible or hidden, not {cfg.past_actions!r}")
     loaded = loaded or from_pretrained(cfg.checkpoint, cfg.device)
@@ -262,7 +273,8 @@ def evaluate(cfg: EvalConfig, loaded: Pretrained | None = None, progress: bool =
         for i in range(n_batches):
             items = [ds[j] for j in range(i * cfg.batch_size, min((i + 1) * cfg.batch_size, len(ds)))]
             batch = default_collate(items)
-            _score_actions(model, builder, objective, batch, means, actions, cfg.action_estimate, hide)
+            _score_actions(model, builder, objective, batch, means, actions, cfg.action_estimate, hide,
+                           cfg.actions_on)  # fmt: skip
             _score_frames(model, builder, diffusion, batch, kept, cfg, i, frames)
             advance()
     result = {
@@ -271,7 +283,7 @@ def evaluate(cfg: EvalConfig, loaded: Pretrained | None = None, progress: bool =
         "batch_size": cfg.batch_size, "context_steps": k, "stride": s, "frame_diffusion": diffusion.settings(),
         "sampler_steps": cfg.sampler_settings(), "verdict_sampler_steps": verdict_steps,
         "action_estimate": cfg.action_estimate, "past_actions": "hidden" if hide else "visible",
-        "policy_kinds": builder.cfg.policy_kinds,
+        "actions_on": cfg.actions_on,
         "horizons": kept, "dropped_horizons": dropped, "train_mean_source": mean_source,
         "notes": _notes(cfg, ds, builder, dropped, diffusion),
         "methods": {"actions": list(ACTION_METHODS), "frames": list(FRAME_METHODS),
@@ -300,18 +312,25 @@ def _notes(cfg: EvalConfig, ds: EpisodeWindowDataset, builder: SequenceBuilder, 
     if diffusion.kind == "ddpm":
         ddim = "one DDIM step at diffusers' leading spacing (timestep 0), not the posterior mean"
         notes.append(f"with ddpm, 1 sampler step is {ddim}")
-    kinds = builder.cfg.policy_kinds
-    if kinds is not None:
-        notes.append(f"actions are scored on the windows of episodes of kind {', '.join(kinds)} (or of no recorded "
-                     f"kind) alone, the model and the baselines alike: the model's sequence.policy_kinds")
+    kinds = {EPISODE_KINDS[e.kind] for eps in ds.episodes for e in eps if e.kind not in DEMONSTRATION_KINDS}
+    if cfg.actions_on == "demonstrations" and kinds:
+        notes.append(f"actions are scored on the windows of demonstrations alone (expert episodes, or of no recorded "
+                     f"kind), the model and the baselines alike, not on those of {', '.join(sorted(kinds))} episodes "
+                     f"(actions_on=all scores every window)")  # fmt: skip
     if ds.too_short:
         notes.append(f"{len(ds.too_short)} {cfg.split} episodes are too short for the longest horizon and were skipped")
     return notes
 
 
 def _score_actions(model: RobofmModel, builder: SequenceBuilder, objective: Objective, batch: dict,
-                   means: dict[str, np.ndarray], tally: ActionTally, estimate: str, hide: bool) -> None:  # fmt: skip
+                   means: dict[str, np.ndarray], tally: ActionTally, estimate: str, hide: bool,
+                   actions_on: str) -> None:  # fmt: skip
     k = builder.cfg.window_len
+    scored = [b for b in range(len(batch["embodiment"])) if batch["action_mask"][b].any()  # action-free: nothing
+              and (actions_on == "all" or int(batch["kind"][b]) in DEMONSTRATION_KINDS)]  # fmt: skip
+    if not scored:
+        return
+    batch = _rows(batch, scored)
     with torch.no_grad():
         seq = builder.build(first_steps(batch, k, target=True), hide_past_actions=hide)
         losses = objective(model, seq.to(next(model.parameters()).device))
@@ -323,16 +342,19 @@ def _score_actions(model: RobofmModel, builder: SequenceBuilder, objective: Obje
     pred = predict_action_chunk(model, builder, context, temperature=0.0, estimate=estimate,
                                 hide_past_actions=hide)  # (B, s, Da)  # fmt: skip
     truth = batch["actions"][:, k - 1]  # (B, s, Da): the chunk after the last observation
-    policy = builder.policy_episodes(batch)
     for b, emb in enumerate(batch["embodiment"]):
         dims = int(batch["action_mask"][b].sum())
-        if dims == 0 or not policy[b]:  # an action-free episode, or one whose actions the policy does not learn
-            continue
         t = truth[b, :, :dims]
         errors = {"model": (pred[b, :, :dims] - t).pow(2)}
         errors["train_mean"] = (torch.from_numpy(means[emb][:dims]) - t).pow(2) if emb in means else None
         errors["repeat_last"] = (batch["actions"][b, k - 2, -1, :dims] - t).pow(2) if k >= 2 else None
         tally.add(emb, errors)
+
+
+def _rows(batch: dict, rows: list[int]) -> dict:
+    """The collated batch's samples `rows` (tensors indexed, lists picked)."""
+    index = torch.tensor(rows)
+    return {key: v[index] if isinstance(v, Tensor) else [v[i] for i in rows] for key, v in batch.items()}
 
 
 def _score_frames(model: RobofmModel, builder: SequenceBuilder, diffusion: FrameDiffusion, batch: dict,

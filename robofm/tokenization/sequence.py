@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import Tensor
 from torch.utils.data import default_collate
 
 from robofm.errors import UsageError
-from robofm.sim.tasks import EPISODE_KINDS, NO_KIND
 from robofm.tokenization.layout import Layout, TokenMeta, Vocab
 from robofm.tokenizers.action import EMPTY, END, ActionTokenizer
 
@@ -100,11 +98,7 @@ class SequenceConfig:
     probability that a training sample hides its action chunks from every later clean token, so that its policy
     predicts each chunk from observations, state and text alone (the copycat answer: a smooth expert's last chunk
     nearly predicts its next one); its NOISY blocks still see every chunk. A model trained with it > 0 predicts with
-    past actions hidden unless told otherwise (`build(hide_past_actions=...)`). policy_kinds: the episode kinds
-    (robofm.sim.tasks.EPISODE_KINDS) whose actions the policy learns and robofm-eval scores, e.g. [expert]; null:
-    every episode's. An episode of another kind still gives its executed actions to the world model (its NOISY
-    blocks), not to the action loss: a perturbed or exploring action says what the arm did, not what to do. An
-    episode that records no kind counts as a demonstration.
+    past actions hidden unless told otherwise (`build(hide_past_actions=...)`).
     """
 
     window_len: int = 4
@@ -114,7 +108,6 @@ class SequenceConfig:
     action_tokens: int = 0
     state_dropout: float = 0.0
     past_action_dropout: float = 0.0
-    policy_kinds: Any = None  # null or a list of EPISODE_KINDS names
 
 
 class SequenceBuilder:
@@ -133,10 +126,6 @@ class SequenceBuilder:
         self.state_dim, self.action_dim = state_dim, action_dim
         if len(self.embodiments) > vocab.max_embodiments:
             raise UsageError(f"{len(self.embodiments)} embodiments but the vocabulary has {vocab.max_embodiments} slots")
-        unknown = sorted(set(cfg.policy_kinds or ()) - set(EPISODE_KINDS))
-        if unknown or isinstance(cfg.policy_kinds, str):
-            raise UsageError(f"sequence.policy_kinds must be null or a list of {', '.join(EPISODE_KINDS)}, "
-                             f"not {cfg.policy_kinds!r}")
         self.action_len = actions.slots(cfg.stride, action_dim)
         gh, gw = image.grid(self.frame_shape)
         self.patches = gh * gw
@@ -192,7 +181,6 @@ class SequenceBuilder:
         act, act_valid, act_loss, chunks = self.action_tokens(batch["actions"], batch["action_mask"],
                                                               batch["embodiment"])  # fmt: skip
         ids[:, lay.act_index], valid[:, lay.act_index] = act, act_valid  # (B, K, A)
-        act_loss &= self.policy_episodes(batch)[:, None, None]
         targets[:, lay.act_index - 1] = torch.where(act_loss, act, IGNORE)
         target_kind[:, lay.act_index - 1] = TARGET_ACTION
 
@@ -239,15 +227,6 @@ class SequenceBuilder:
             actions=chunks,
             sample_key=torch.as_tensor(batch["key"]) if "key" in batch else torch.randint(-(2**62), 2**62, (b,)),
         )
-
-    def policy_episodes(self, batch: dict) -> Tensor:
-        """bool [B]: the samples whose actions are policy targets: all, unless sequence.policy_kinds names the kinds
-        that are (from the batch's "kind", the dataset's; an episode of NO_KIND, or a batch without kinds, is)."""
-        b = len(batch["task"])
-        if self.cfg.policy_kinds is None or "kind" not in batch:
-            return torch.ones(b, dtype=torch.bool)
-        allowed = torch.tensor([NO_KIND, *(EPISODE_KINDS.index(k) for k in self.cfg.policy_kinds)])
-        return torch.isin(torch.as_tensor(batch["kind"]).reshape(b), allowed)
 
     def _hidden_actions(self, b: int, hide: bool | None, generator: torch.Generator | None) -> Tensor:
         """bool [B]: the samples whose policy may not see their past action chunks."""

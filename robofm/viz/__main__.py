@@ -113,6 +113,13 @@ def visualize(args: dict) -> Path:
     return _write_files(out, args, ep, imagined, what_if, trace, builder, metrics, fps, held_out)
 
 
+def _kind_name(kind: int) -> str | None:
+    """The name of an episode's kind (robofm.sim.tasks.EPISODE_KINDS), None for an episode that records none."""
+    from robofm.sim.tasks import EPISODE_KINDS
+
+    return EPISODE_KINDS[kind] if 0 <= kind < len(EPISODE_KINDS) else None
+
+
 def _read_eval(path: str | None) -> dict | None:
     if path is None:
         return None
@@ -134,7 +141,8 @@ def _metrics(args, ep, imagined, what_if, trace, cameras, diffusion) -> dict:
     per_camera = psnr(ep.real, imagined)  # [H, C]
     model = per_camera.mean(1)
     m = {
-        "episode": ep.info.id, "task": ep.info.task, "start": ep.start, "horizon": ep.horizon,
+        "episode": ep.info.id, "task": ep.info.task, "kind": _kind_name(ep.info.kind), "start": ep.start,
+        "horizon": ep.horizon,
         "requested_horizon": ep.requested_horizon, "sampler_steps": args["sampler_steps"], "seed": args["seed"],
         "frame_diffusion": diffusion, "cameras": list(cameras), "frame_index": ep.frame_index.tolist(),
         "psnr": model.tolist(),  # per horizon step, mean over cameras
@@ -158,7 +166,12 @@ def _write_files(out, args, ep, imagined, what_if, trace, builder, metrics, fps,
     from robofm.viz import plots, video
     from robofm.viz.rollout import psnr
 
-    report = Report(f"robofm rollout: episode {ep.info.id} ({ep.info.task}) from frame {ep.start}")
+    kind = f", kind {metrics['kind']}" if metrics["kind"] else ""
+    report = Report(f"robofm rollout: episode {ep.info.id} ({ep.info.task}{kind}) from frame {ep.start}")
+    if metrics["kind"] not in (None, "expert"):
+        report.notes.append(f"a {metrics['kind']} episode: its executed actions are perturbed or exploring, not a "
+                            "demonstration, so the policy's predicted actions are not meant to follow them (robofm-eval "
+                            "scores the policy on demonstrations); the imagined frames are meant to")  # fmt: skip
     if ep.horizon < ep.requested_horizon:
         report.notes.append(f"horizon {ep.requested_horizon} capped to {ep.horizon}: the episode has "
                             f"{ep.info.length} frames")  # fmt: skip

@@ -10,6 +10,7 @@ from robofm.data.dataset import EpisodeWindowDataset, StoreSpec
 from robofm.data.episode import content_hash
 from robofm.data.store import StoreWriter
 from robofm.errors import UsageError
+from robofm.sim.tasks import EPISODE_KINDS, NO_KIND
 from tests.conftest import indexed_episode, write_store
 
 
@@ -183,3 +184,14 @@ def test_compressed_and_plain_shards_give_identical_items_alone_or_in_batches(tm
         for key, value in a.items():
             same = torch.equal if isinstance(value, torch.Tensor) else (lambda x, y: x == y)
             assert same(value, b[key]) and same(value, c[key]) and same(value, batch[i][key]), key
+
+
+def test_an_item_carries_its_episodes_kind(tmp_path):
+    """The kind a collected episode records (robofm.sim.tasks.EPISODE_KINDS: layout["kind"]) reaches its windows,
+    which robofm-eval reads to score the policy on demonstrations; an episode without one has NO_KIND."""
+    episodes = [indexed_episode(8, seed=i) for i in range(3)]
+    episodes[0].layout = {"mt1_seed": 0, "mt1_index": 0, "kind": EPISODE_KINDS.index("dart")}
+    episodes[1].layout = {"mt1_seed": 0, "mt1_index": 1}  # a layout recorded before kinds were
+    ds = EpisodeWindowDataset(write_store(tmp_path / "store", episodes), window_len=2, stride=1)
+    kinds = {info.source_index: ds.read_window(0, info, 0)["kind"] for info in ds.episodes[0]}
+    assert kinds == {"0": EPISODE_KINDS.index("dart"), "1": NO_KIND, "2": NO_KIND}

@@ -3,6 +3,8 @@ and bad input giving a clear error (exit 2) rather than a traceback."""
 
 from __future__ import annotations
 
+import dataclasses
+import io
 import json
 import shutil
 import subprocess
@@ -11,9 +13,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from rich.console import Console
 from safetensors.torch import load_file
 
-from robofm.eval.__main__ import main
+from robofm.eval.__main__ import main, render
 from robofm.eval.evaluate import EvalConfig, evaluate
 from robofm.eval.verdicts import line
 from robofm.models.pretrained import from_pretrained
@@ -94,25 +97,32 @@ def test_horizons_longer_than_the_episodes_are_dropped_and_said(run_dir, held_ou
     assert result["verdicts"][1]["passed"] is None and "horizon 4 was not evaluated" in result["verdicts"][1]["detail"]
 
 
-def test_actions_are_scored_on_the_policy_kinds_episodes_alone(run_dir, tmp_path, one_thread):
-    """A model trained with sequence.policy_kinds=[expert] is not scored against the actions of DART episodes: neither
-    it nor the baselines (the action bar is n/a), while its frames are; with [expert, dart] every window counts."""
-    episodes = [textured_episode(16, seed=i) for i in range(3)]
-    for ep in episodes:
-        ep.layout = {"mt1_seed": 0, "mt1_index": 0, "kind": 1}  # dart
-    store = write_store(tmp_path / "dart", episodes, val_fraction=1.0)
+def test_actions_are_scored_on_demonstrations_unless_asked_for_all(run_dir, tmp_path, one_thread):
+    """A DART or exploring episode's executed actions are no yardstick for the policy: by default neither the model
+    nor the baselines are scored on them (the action bar is n/a, and a note says why), while the frames are; an
+    expert episode and one with no recorded kind count; actions_on=all scores every window."""
+    episodes = [textured_episode(16, seed=i) for i in range(4)]
+    for ep, kind in zip(episodes, (1, 2, 1, 2), strict=True):  # dart, explore
+        ep.layout = {"mt1_seed": 0, "mt1_index": 0, "kind": kind}
+    perturbed = write_store(tmp_path / "perturbed", episodes, val_fraction=1.0)
+    cfg = EvalConfig(str(run_dir), str(perturbed), horizons=(1,), batches=1, batch_size=3, sampler_steps=1)
     loaded = from_pretrained(run_dir)
-    cfg = EvalConfig(str(run_dir), str(store), horizons=(1,), batches=1, batch_size=3, sampler_steps=1)
-    scored = {}
-    for kinds in (["expert"], ["expert", "dart"]):
-        loaded.builder.cfg.policy_kinds = kinds
-        scored[len(kinds)] = evaluate(cfg, loaded)
-    one, both = scored[1], scored[2]
-    assert one["policy_kinds"] == ["expert"] and any("kind expert" in note for note in one["notes"])
-    assert one["actions"]["per_embodiment"] == {} and set(one["actions"]["mse"].values()) == {None}
-    assert one["verdicts"][2]["passed"] is None
-    assert both["actions"]["per_embodiment"]["arm"]["windows"] == 3
-    assert one["world_model"] == both["world_model"]  # the frames are scored alike
+    demos, every = evaluate(cfg, loaded), evaluate(dataclasses.replace(cfg, actions_on="all"), loaded)
+    assert demos["actions_on"] == "demonstrations" and any("dart, explore episodes" in n for n in demos["notes"])
+    assert demos["actions"]["per_embodiment"] == {} and set(demos["actions"]["mse"].values()) == {None}
+    assert demos["actions"]["token_accuracy"] is None and demos["verdicts"][2]["passed"] is None
+    assert every["actions"]["per_embodiment"]["arm"]["windows"] == 3 and every["verdicts"][2]["passed"] is not None
+    assert demos["world_model"] == every["world_model"]  # the frames are scored alike
+    printed = io.StringIO()
+    render(demos, Console(file=printed, width=200))
+    assert "0 of the 3 val" in printed.getvalue()  # the windows whose actions were scored
+    for ep, kind in zip(episodes, (0, None, 1, 2), strict=True):  # expert, no record, dart, explore
+        ep.layout = None if kind is None else {"mt1_seed": 0, "mt1_index": 0, "kind": kind}
+    mixed = write_store(tmp_path / "mixed", episodes, val_fraction=1.0)
+    both = {on: evaluate(EvalConfig(str(run_dir), str(mixed), horizons=(1,), batches=4, batch_size=4, sampler_steps=1,
+                                    actions_on=on), loaded)["actions"]["per_embodiment"]["arm"]["windows"]
+            for on in ("demonstrations", "all")}  # fmt: skip
+    assert 0 < both["demonstrations"] < both["all"]
 
 
 def test_checkpoint_accepts_run_checkpoint_and_export_folders(run_dir, tmp_path):
@@ -156,6 +166,8 @@ def test_bad_input_gives_a_clear_error(run_dir, held_out_store, tmp_path, capsys
     assert "not a robofm episode store" in capsys.readouterr().err
     assert main([f"checkpoint={run_dir}", f"data.path={held_out_store}", "verdict_sampler_steps=3"]) == 2
     assert "verdict_sampler_steps must be 1 or sampler_steps (10), not 3" in capsys.readouterr().err
+    assert main([f"checkpoint={run_dir}", f"data.path={held_out_store}", "actions_on=experts"]) == 2
+    assert "actions_on must be demonstrations or all, not 'experts'" in capsys.readouterr().err
     for argv in ([f"checkpoint={run_dir}"], [f"checkpoint={run_dir}", "data.path=x", "colour=red"],
                  [f"checkpoint={run_dir}", "data.path=x", "seed=one"]):  # fmt: skip
         with pytest.raises(SystemExit) as e:

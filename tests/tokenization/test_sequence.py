@@ -3,19 +3,15 @@ saved tokenization that tokenizes alike."""
 
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 import torch
 from torch.utils.data import default_collate
 
-from robofm.errors import UsageError
 from robofm.objectives.objective import Objective, ObjectiveConfig
 from robofm.tokenization.build import load_sequence_builder, save_sequence_builder
 from robofm.tokenization.layout import Vocab
-from robofm.tokenization.sequence import IGNORE, TARGET_ACTION, SequenceBuilder
-from tests.conftest import write_store
-from tests.models.conftest import batch_of, make_builder, make_model, make_store, textured_episode
+from robofm.tokenization.sequence import IGNORE, TARGET_ACTION
+from tests.models.conftest import batch_of, make_builder, make_model, make_store
 
 
 def test_sequence_targets_and_shapes(tiny):
@@ -128,37 +124,3 @@ def test_past_action_dropout_hides_whole_samples_and_follows_their_keys(tiny):
         assert torch.equal(builder.build(batch).ids, builder.build(batch, hide_past_actions=False).ids)
     finally:
         builder.cfg.past_action_dropout = 0.0
-
-
-def test_policy_kinds_keep_other_kinds_actions_for_the_world_model_only(tmp_path):
-    """sequence.policy_kinds=[expert]: a DART or exploring episode's actions are no action target, yet they are its
-    tokens and condition its NOISY blocks as before; an episode that records no kind stays a target."""
-    episodes = [textured_episode(16, seed=i) for i in range(4)]
-    for ep, kind in zip(episodes, (0, 1, 2, None), strict=True):  # expert, dart, explore, no record
-        ep.layout = {"mt1_seed": 0, "mt1_index": 0} | ({} if kind is None else {"kind": kind})
-    ds, builder = make_builder(write_store(tmp_path / "kinds", episodes))
-    batch = default_collate([ds.read_window(0, info, 0) for info in ds.episodes[0]])
-    assert sorted(batch["kind"].tolist()) == [-1, 0, 1, 2]
-    everyone = builder.build(batch)
-    builder.cfg.policy_kinds = ["expert"]
-    try:
-        experts = builder.build(batch)
-    finally:
-        builder.cfg.policy_kinds = None
-    act = torch.as_tensor(builder.layout(builder.noisy_steps()).act_index).flatten()
-    targets = (experts.targets[:, act - 1] != IGNORE).any(-1)
-    assert targets.tolist() == [k in (0, -1) for k in batch["kind"].tolist()]
-    assert (everyone.targets[:, act - 1] != IGNORE).all()
-    for name in ("ids", "actions", "patches", "frame_x0"):  # the inputs and the world model's targets are the same
-        assert torch.equal(getattr(experts, name), getattr(everyone, name)), name
-
-
-def test_policy_kinds_must_name_episode_kinds(tiny):
-    ds, builder = tiny
-    for bad in (["experts"], "expert"):
-        with pytest.raises(UsageError, match="sequence.policy_kinds"):
-            SequenceBuilder(dataclasses.replace(builder.cfg, policy_kinds=bad), text=builder.text,
-                            actions=builder.actions, image=builder.image, state_norm=builder.state_norm,
-                            action_norm=builder.action_norm, vocab=builder.vocab, embodiments=builder.embodiments,
-                            cameras=builder.cameras, frame_shape=builder.frame_shape, state_dim=builder.state_dim,
-                            action_dim=builder.action_dim)  # fmt: skip

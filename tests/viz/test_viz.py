@@ -264,3 +264,21 @@ def test_action_trace_mse_and_baselines():
     baselines = trace.baseline_mse()  # chunks at frames 2 and 4 repeat the actions of frames 1 and 3
     np.testing.assert_allclose(baselines["repeat last action"], [(1 + 4 + 1 + 4) / 4])
     np.testing.assert_allclose(baselines["mean action"], [(4 + 9 + 16 + 25) / 4])
+
+
+def test_the_report_names_the_episode_kind_and_says_when_its_actions_are_no_demonstration(trained, tmp_path):
+    """A DART episode's report names its kind and says that the policy is not meant to follow its actions; an
+    expert episode's names its kind alone."""
+    _, run = trained
+    episodes = [textured_episode(16, seed=i) for i in range(2)]
+    for ep, kind in zip(episodes, (0, 1), strict=True):
+        ep.layout = {"mt1_seed": 0, "mt1_index": kind, "kind": kind}
+    store = write_store(tmp_path / "store", episodes)
+    for episode, kind in (("ep-000000", "expert"), ("ep-000001", "dart")):
+        out = tmp_path / episode
+        main([f"checkpoint={run}", f"data.path={store}", f"episode={episode}", "horizon=1", "sampler_steps=1",
+              "what_if=none", f"out={out}"])  # fmt: skip
+        assert json.loads((out / "metrics.json").read_text())["kind"] == kind
+        html = (out / "report.html").read_text()
+        assert f"kind {kind}" in html
+        assert ("not meant to follow them" in html) == (kind == "dart")
