@@ -285,7 +285,7 @@ def evaluate(cfg: EvalConfig, loaded: Pretrained | None = None, progress: bool =
         "action_estimate": cfg.action_estimate, "past_actions": "hidden" if hide else "visible",
         "actions_on": cfg.actions_on,
         "horizons": kept, "dropped_horizons": dropped, "train_mean_source": mean_source,
-        "notes": _notes(cfg, ds, builder, dropped, diffusion),
+        "notes": _notes(cfg, ds, k, s, dropped, diffusion),
         "methods": {"actions": list(ACTION_METHODS), "frames": list(FRAME_METHODS),
                     "frame_differences": list(FRAME_DIFFERENCES)},  # the columns, for readers
         "actions": actions.result(ACTION_METHODS),
@@ -298,10 +298,11 @@ def evaluate(cfg: EvalConfig, loaded: Pretrained | None = None, progress: bool =
     return result
 
 
-def _notes(cfg: EvalConfig, ds: EpisodeWindowDataset, builder: SequenceBuilder, dropped: list[int],
-           diffusion: FrameDiffusion) -> list[str]:  # fmt: skip
+def _notes(
+    cfg: EvalConfig, ds: EpisodeWindowDataset, k: int, s: int, dropped: list[int], diffusion: FrameDiffusion
+) -> list[str]:
     """What a reader of the numbers must know: dropped horizons, baselines that could not run, skipped episodes."""
-    notes, k, s = [], builder.cfg.window_len, builder.cfg.stride
+    notes = []
     if dropped:
         notes.append(f"horizons {dropped} dropped: the longest {cfg.split} episode holds no window of "
                      f"{k} context steps + that horizon at stride {s}")  # fmt: skip
