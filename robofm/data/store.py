@@ -31,7 +31,7 @@ from robofm.data.episode import Episode
 from robofm.data.stats import RunningStats
 from robofm.data.store_checks import check_manifest, check_quality, check_stats, read_json
 from robofm.errors import StoreError, UsageError
-from robofm.sim.tasks import NO_KIND
+from robofm.sim.tasks import EPISODE_KINDS, NO_KIND
 from robofm.version import __version__
 
 FORMAT_VERSION = 1
@@ -79,6 +79,11 @@ class EpisodeInfo:
     def kind(self) -> int:
         """The episode's kind, an index of robofm.sim.tasks.EPISODE_KINDS (layout["kind"]), or NO_KIND."""
         return int((self.layout or {}).get("kind", NO_KIND))
+
+    @property
+    def kind_name(self) -> str | None:
+        """The name of the episode's kind (EPISODE_KINDS), None for an episode that records none."""
+        return None if self.kind == NO_KIND else EPISODE_KINDS[self.kind]
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:

@@ -53,7 +53,7 @@ from robofm.models.pretrained import Pretrained, from_pretrained
 from robofm.models.robofm import RobofmModel
 from robofm.models.sampling import imagine, predict_action_chunk
 from robofm.objectives.objective import Objective, ObjectiveConfig
-from robofm.sim.tasks import EPISODE_KINDS, NO_KIND
+from robofm.sim.tasks import DEMONSTRATION_KINDS
 from robofm.tokenization.sequence import IGNORE, TARGET_ACTION, SequenceBuilder
 
 
@@ -237,7 +237,6 @@ def _diff(a: float | None, b: float | None) -> float | None:
 # ------------------------------------------------------------------------------------------------ evaluation
 
 ACTION_METHODS = ("model", "train_mean", "repeat_last")
-DEMONSTRATION_KINDS = (EPISODE_KINDS.index("expert"), NO_KIND)  # the episodes whose actions a policy should imitate
 FRAME_METHODS = ("model", "copy_last", "shuffled_actions")
 SAMPLED_METHODS = ("model", "shuffled_actions")  # scored at each sampler setting; copy_last once per horizon
 FRAME_DIFFERENCES = ("action_use", "gain_over_copy_last")  # model minus shuffled_actions, model minus copy_last
@@ -313,7 +312,7 @@ def _notes(
     if diffusion.kind == "ddpm":
         ddim = "one DDIM step at diffusers' leading spacing (timestep 0), not the posterior mean"
         notes.append(f"with ddpm, 1 sampler step is {ddim}")
-    kinds = {EPISODE_KINDS[e.kind] for eps in ds.episodes for e in eps if e.kind not in DEMONSTRATION_KINDS}
+    kinds = {e.kind_name for eps in ds.episodes for e in eps if e.kind not in DEMONSTRATION_KINDS}
     if cfg.actions_on == "demonstrations" and kinds:
         notes.append(f"actions are scored on the windows of demonstrations alone (expert episodes, or of no recorded "
                      f"kind), the model and the baselines alike, not on those of {', '.join(sorted(kinds))} episodes "

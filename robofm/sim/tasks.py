@@ -84,3 +84,4 @@ HELD_OUT_INSTRUCTIONS = {INSTRUCTIONS[t]: t for t in HELD_OUT_TASKS}  # an episo
 # is the index here; an episode recorded without one (any other source) is taken for a demonstration.
 EPISODE_KINDS = ("expert", "dart", "explore")
 NO_KIND = -1  # the kind of an episode that records none
+DEMONSTRATION_KINDS = (EPISODE_KINDS.index("expert"), NO_KIND)  # the episodes whose actions a policy should imitate

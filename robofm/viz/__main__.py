@@ -31,6 +31,7 @@ import numpy as np
 
 from robofm.cli import parse_command, settings_of
 from robofm.errors import RobofmError, UsageError
+from robofm.sim.tasks import DEMONSTRATION_KINDS
 from robofm.viz.report import Report, Table, write_report
 
 log = logging.getLogger("robofm")
@@ -113,13 +114,6 @@ def visualize(args: dict) -> Path:
     return _write_files(out, args, ep, imagined, what_if, trace, builder, metrics, fps, held_out)
 
 
-def _kind_name(kind: int) -> str | None:
-    """The name of an episode's kind (robofm.sim.tasks.EPISODE_KINDS), None for an episode that records none."""
-    from robofm.sim.tasks import EPISODE_KINDS
-
-    return EPISODE_KINDS[kind] if 0 <= kind < len(EPISODE_KINDS) else None
-
-
 def _read_eval(path: str | None) -> dict | None:
     if path is None:
         return None
@@ -141,7 +135,7 @@ def _metrics(args, ep, imagined, what_if, trace, cameras, diffusion) -> dict:
     per_camera = psnr(ep.real, imagined)  # [H, C]
     model = per_camera.mean(1)
     m = {
-        "episode": ep.info.id, "task": ep.info.task, "kind": _kind_name(ep.info.kind), "start": ep.start,
+        "episode": ep.info.id, "task": ep.info.task, "kind": ep.info.kind_name, "start": ep.start,
         "horizon": ep.horizon,
         "requested_horizon": ep.requested_horizon, "sampler_steps": args["sampler_steps"], "seed": args["seed"],
         "frame_diffusion": diffusion, "cameras": list(cameras), "frame_index": ep.frame_index.tolist(),
@@ -168,7 +162,7 @@ def _write_files(out, args, ep, imagined, what_if, trace, builder, metrics, fps,
 
     kind = f", kind {metrics['kind']}" if metrics["kind"] else ""
     report = Report(f"robofm rollout: episode {ep.info.id} ({ep.info.task}{kind}) from frame {ep.start}")
-    if metrics["kind"] not in (None, "expert"):
+    if ep.info.kind not in DEMONSTRATION_KINDS:
         report.notes.append(f"a {metrics['kind']} episode: its executed actions are perturbed or exploring, not a "
                             "demonstration, so the policy's predicted actions are not meant to follow them (robofm-eval "
                             "scores the policy on demonstrations); the imagined frames are meant to")  # fmt: skip
