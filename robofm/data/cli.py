@@ -4,6 +4,7 @@
     robofm-data inspect STORE EPISODE [--out DIR] [--frames 8]
     robofm-data decontaminate --train STORE [STORE ...] --heldout STORE_OR_LEROBOT_DIR [--out VIEW]
                               [--ngram 3] [--task-overlap 0.5] [--quality KEY=VALUE ...]
+    robofm-data subset STORE --out VIEW [--task TEXT] [--skip M] [--first N] [--drop-actions]
 
 Exit status: 0 done (decontaminate: whatever it found), 2 usage error (a missing or damaged store, an unknown
 episode): one line on stderr.
@@ -47,6 +48,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="remove training tasks holding this share of a held-out task's n-grams (default 0.5)")  # fmt: skip
     p.add_argument("--quality", nargs="+", default=[], metavar="KEY=VALUE",
                    help="near-duplicate tolerances, as robofm-convert --quality (signal_tol, frame_tol, max_shift)")  # fmt: skip
+    p = sub.add_parser("subset", help="a view of some of a store's episodes (N demonstrations, action-free video)")
+    p.add_argument("store", type=Path)
+    p.add_argument("--out", type=Path, required=True, help="the view's folder (the shards are not copied)")
+    p.add_argument("--task", help="only episodes of this task (its instruction)")
+    p.add_argument("--skip", type=int, default=0, help="leave out the first M episodes, in the store's order")
+    p.add_argument("--first", type=int, help="keep N episodes after those skipped (default: all)")
+    p.add_argument("--drop-actions", action="store_true",
+                   help="the kept episodes read as action-free video (NO_ACTION tokens, no action loss)")  # fmt: skip
     return parser
 
 
@@ -66,6 +75,14 @@ def main(argv: list[str] | None = None) -> int:
             for path in inspect_episode(args.store, args.episode, args.out or Path("outputs/inspect"),
                                         frames=args.frames):  # fmt: skip
                 print(path)
+        elif args.command == "subset":
+            from robofm.data.store import subset
+
+            view, kept, left = subset(args.store, args.out, task=args.task, skip=args.skip, first=args.first,
+                                      drop_actions=args.drop_actions)  # fmt: skip
+            actions = "without their actions" if args.drop_actions else "with their actions"
+            console.print(f"{view}: {kept} episode(s) of {args.store} {actions}; {left} left out, each named in "
+                          f"{view / 'quality.json'}")  # fmt: skip
         else:
             _decontaminate(args, console)
     except (UsageError, StoreError) as e:

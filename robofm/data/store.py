@@ -352,13 +352,15 @@ def settle_overwrite(root: Path) -> None:
     shutil.rmtree(staging)
 
 
-def write_view(base: EpisodeStore, out: Path, keep: set[str], verdicts: list[dict], provenance: dict) -> Path:
+def write_view(base: EpisodeStore, out: Path, keep: set[str], verdicts: list[dict], provenance: dict,
+               drop_actions: bool = False) -> Path:
     """A view of `base` at `out` that holds only the episodes `keep`: its own manifest.json (naming the base in
     "view_of"; the shards stay where they are and are never copied or deleted), stats.json over the kept
-    episodes, and `verdicts` as its quality.json. Anything that opens a store opens a view."""
+    episodes, and `verdicts` as its quality.json. Anything that opens a store opens a view. With `drop_actions`
+    every kept episode reads as action-free video (has_action false: NO_ACTION tokens, no action loss)."""
     out.mkdir(parents=True, exist_ok=True)
-    manifest = {**base.manifest, "episodes": [e.row() for e in base.episodes if e.id in keep],
-                "view_of": str(Path(base.manifest.get("view_of", base.root)).resolve()),
+    rows = [{**e.row(), **({"has_action": False} if drop_actions else {})} for e in base.episodes if e.id in keep]
+    manifest = {**base.manifest, "episodes": rows, "view_of": str(Path(base.manifest.get("view_of", base.root)).resolve()),
                 "provenance": [*base.manifest.get("provenance", []), provenance]}  # fmt: skip
     stats: dict[str, dict[str, RunningStats]] = {}
     for e in base.episodes:
@@ -366,12 +368,41 @@ def write_view(base: EpisodeStore, out: Path, keep: set[str], verdicts: list[dic
             arrays = base.arrays(e.id)
             st = stats.setdefault(e.embodiment, {"state": RunningStats(), "action": RunningStats()})
             st["state"].update(arrays.state[:])
-            if arrays.action is not None:
+            if arrays.action is not None and not drop_actions:
                 st["action"].update(arrays.action[:])
     write_json_atomic(out / STATS, {emb: {k: v.result() for k, v in st.items()} for emb, st in stats.items()})
     write_json_atomic(out / QUALITY, verdicts)
     write_json_atomic(out / MANIFEST, manifest)
     return out
+
+
+def subset(store: str | Path, out: str | Path, *, task: str | None = None, skip: int = 0, first: int | None = None,
+           drop_actions: bool = False) -> tuple[Path, int, int]:
+    """A view (write_view) of the episodes of `store`, in its order, of `task` (an instruction; None: every task),
+    past the first `skip`, at most `first` of them: a few-shot training set, or with `drop_actions` the same
+    episodes as action-free video. Every episode left out is a verdict of the view's quality.json with its reason.
+    Returns (view, kept, left out). UsageError for a negative count, or a task or range that keeps nothing."""
+    if skip < 0 or (first is not None and first < 1):
+        raise UsageError(f"skip={skip}, first={first}: skip must be >= 0 and first >= 1")
+    base = EpisodeStore(store)
+    of_task = [e for e in base.episodes if task is None or e.task == task]
+    keep = of_task[skip : None if first is None else skip + first]
+    if not keep:
+        tasks = sorted({e.task for e in base.episodes})
+        raise UsageError(f"{store}: nothing to keep: {len(of_task)} episode(s) of task {task!r} (the store's tasks: "
+                         f"{tasks[:10]}), skip={skip}, first={first}")  # fmt: skip
+    if first is not None and len(keep) < first:
+        raise UsageError(f"{store}: {first} episode(s) asked for after skipping {skip}, but {len(of_task)} of task "
+                         f"{task!r} are there")  # fmt: skip
+    kept = {e.id for e in keep}
+    verdicts = [{"source": str(base.root), "source_index": e.id, "episode_id": e.id, "status": "dropped",
+                 "reason": "outside_subset" if e.task == task or task is None else "other_task"}
+                for e in base.episodes if e.id not in kept]  # fmt: skip
+    provenance = {"converter": "robofm-data subset", "task": task, "skip": skip, "first": first,
+                  "drop_actions": drop_actions, "robofm_version": __version__}  # fmt: skip
+    view = write_view(base, Path(out), kept, verdicts, provenance, drop_actions=drop_actions)
+    base.close()
+    return view, len(kept), len(verdicts)
 
 
 class EpisodeStore:
@@ -473,8 +504,8 @@ class EpisodeStore:
         if arrays is None:
             g = self.group(episode_id)
             latents = {c: g["latents"][c] for c in g["latents"]} if "latents" in g else {}
-            arrays = EpisodeArrays({c: g["frames"][c] for c in g["frames"]}, g["state"],
-                                   g["action"] if "action" in g else None, g["timestamp"], latents)  # fmt: skip
+            action = g["action"] if "action" in g and self.info(episode_id).has_action else None
+            arrays = EpisodeArrays({c: g["frames"][c] for c in g["frames"]}, g["state"], action, g["timestamp"], latents)
             self._arrays[episode_id] = arrays
             if len(self._arrays) > OPEN_EPISODES:
                 self._arrays.popitem(last=False)
@@ -496,7 +527,7 @@ class EpisodeStore:
         return Episode(
             frames={cam: g["frames"][cam][:] for cam in g["frames"]},
             state=g["state"][:],
-            action=g["action"][:] if "action" in g else None,
+            action=g["action"][:] if "action" in g and info.has_action else None,  # a view may drop it
             timestamp=g["timestamp"][:],
             task=info.task,
             source=info.source,

@@ -104,3 +104,47 @@ def test_an_episode_keeps_its_simulator_layout_and_rows_without_one_have_no_key(
     assert rows[0]["layout"] == {"mt1_seed": 3, "mt1_index": 17} and "layout" not in rows[1]
     store = EpisodeStore(root)
     assert [e.layout for e in store.episodes] == [{"mt1_seed": 3, "mt1_index": 17}, None]
+
+
+# ----------------------------------------------------------------------------------------------- subsets
+
+
+def test_subset_keeps_n_episodes_of_a_task_in_order_and_names_every_other(tmp_path):
+    from robofm.data.cli import main as data_main
+
+    eps = [indexed_episode(12, seed=i, task="pick" if i % 3 else "push") for i in range(9)]
+    root = write_store(tmp_path / "s", eps)
+    assert data_main(["subset", str(root), "--out", str(tmp_path / "v"), "--task", "pick", "--skip", "1",
+                      "--first", "3"]) == 0  # fmt: skip
+    view = EpisodeStore(tmp_path / "v")
+    assert [e.id for e in view.episodes] == ["ep-000002", "ep-000004", "ep-000005"]  # pick: 1, 2, 4, 5, 7, 8
+    reasons = {v["source_index"]: v["reason"] for v in view.quality}
+    assert len(reasons) == 6 and reasons["ep-000000"] == "other_task" and reasons["ep-000001"] == "outside_subset"
+    assert view.stats["arm"]["state"]["count"] == 3 * 12  # statistics of the kept episodes alone
+    np.testing.assert_array_equal(view.read_episode("ep-000004").action, eps[4].action)
+
+
+def test_a_subset_without_actions_reads_as_action_free_video(tmp_path):
+    from robofm.data.dataset import EpisodeWindowDataset
+    from robofm.data.store import subset
+
+    root = write_store(tmp_path / "s", [indexed_episode(12, seed=i) for i in range(4)])
+    view, kept, left = subset(root, tmp_path / "v", skip=2, drop_actions=True)
+    assert (kept, left) == (2, 2)
+    store = EpisodeStore(view)
+    assert not any(e.has_action for e in store.episodes) and store.read_episode("ep-000003").action is None
+    assert store.stats["arm"]["action"] == {} and store.stats["arm"]["state"]["count"] == 24
+    ds = EpisodeWindowDataset(view, 2, 2, split=None)
+    assert len(ds) and not any(ds[i]["action_mask"].any() for i in range(len(ds)))
+    assert EpisodeStore(root).read_episode("ep-000003").action is not None  # the base store keeps its actions
+
+
+@pytest.mark.parametrize(("kw", "fragment"), [({"task": "lift"}, "nothing to keep"), ({"skip": 4}, "nothing to keep"),
+                                              ({"first": 5}, "5 episode(s) asked for"), ({"skip": -1}, "skip must be")])  # fmt: skip
+def test_a_subset_that_cannot_be_made_is_refused(tmp_path, kw, fragment):
+    from robofm.data.store import subset
+
+    root = write_store(tmp_path / "s", [indexed_episode(12, seed=i) for i in range(4)])
+    with pytest.raises(UsageError, match=fragment.replace("(", r"\(").replace(")", r"\)")):
+        subset(root, tmp_path / "v", **kw)
+    assert not (tmp_path / "v").exists()
