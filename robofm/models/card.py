@@ -87,6 +87,7 @@ def write_model_card(export: Path) -> Path:
              "diffusion, over interleaved camera, state and action tokens.", ""]  # fmt: skip
     lines += _trained_on(trained, data, licenses, tasks)
     lines += _model(export, model, seq, trained)
+    lines += _recipe(trained.get("recipe"))
     lines += _evaluations(evals)
     lines += _how_to_load(export)
     if (export / TRAIN_CONFIG).is_file():
@@ -149,6 +150,22 @@ def _model(export: Path, model: dict, seq: dict, trained: dict) -> list[str]:
         lines.append(f"- Weights of step {sel.get('step')}" + (f" (lowest val/action {sel['val/action']:.4f})"
                                                                if "val/action" in sel else ""))  # fmt: skip
     return [*lines, ""]
+
+
+def _recipe(recipe: dict | None) -> list[str]:
+    """The recipe that made the export, in a sentence (exports before robofm recorded it have none)."""
+    if not recipe:
+        return []
+    command = " ".join([recipe["command"], *([f"experiment={recipe['experiment']}"] if recipe.get("experiment") else []),
+                        *recipe.get("overrides", [])])  # fmt: skip
+    how = "full fine-tuning" if recipe["mode"] == "full" else recipe["mode"]  # or "from scratch"
+    how = {"frozen": "fine-tuning with the Transformer blocks frozen", "lora": "LoRA fine-tuning"}.get(how, how)
+    ema = f", EMA {recipe['ema']:g} of the weights" if recipe.get("ema") else ""
+    shift = f", random shifts of up to {recipe['shift']} px" if recipe.get("shift") else ""
+    frames = "" if recipe.get("frame_weight", 1) else ", without the frame objective"
+    return ["## Recipe", "",
+            f"`{command}`: {how}, {recipe['steps']} steps of {recipe['batch_size']} windows at lr {recipe['lr']:g} "
+            f"({recipe['schedule']}, {recipe['warmup_steps']} warmup steps){ema}{shift}{frames}.", ""]  # fmt: skip
 
 
 def _evaluations(evals: list[dict]) -> list[str]:

@@ -22,6 +22,7 @@ from robofm.errors import RobofmError
 from robofm.train.config import TrainConfig, register
 
 register()
+RECORDED_ELSEWHERE = ("experiment=", "hydra.", "data.path=", "init_from=", "+init_from=", "resume=")  # not the recipe
 
 
 @hydra.main(config_path="pkg://robofm.conf", config_name="train", version_base="1.3")
@@ -31,7 +32,10 @@ def run(cfg: DictConfig) -> None:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
         typed: TrainConfig = OmegaConf.to_object(cfg)  # checks choices and ranges (UsageError naming the key)
-        Trainer(typed, run_dir, OmegaConf.to_yaml(cfg, resolve=True)).fit()
+        hydra_cfg = HydraConfig.get()
+        command = {"experiment": hydra_cfg.runtime.choices.get("experiment"),
+                   "overrides": [o for o in hydra_cfg.overrides.task if not o.startswith(RECORDED_ELSEWHERE)]}  # fmt: skip
+        Trainer(typed, run_dir, OmegaConf.to_yaml(cfg, resolve=True), command).fit()
     except RobofmError as e:
         logging.getLogger("robofm").error("%s", e)
         sys.exit(2)

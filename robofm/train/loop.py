@@ -57,8 +57,10 @@ class Position:
 
 
 class Trainer:
-    def __init__(self, cfg: TrainConfig, run_dir: Path, config_yaml: str) -> None:
-        self.cfg, self.run_dir, self.config_yaml = cfg, Path(run_dir), config_yaml
+    def __init__(self, cfg: TrainConfig, run_dir: Path, config_yaml: str, command: dict | None = None) -> None:
+        """command: how the run was asked for ({"experiment": NAME, "overrides": [...]}, from Hydra), for the model
+        card's recipe."""
+        self.cfg, self.run_dir, self.config_yaml, self.command = cfg, Path(run_dir), config_yaml, command or {}
         self.dist = parallelize.init(cfg.trainer)
         self.run_dir = parallelize.broadcast(self.run_dir, self.dist)  # Hydra's ${now} may differ between ranks
         self.device = self.dist.device
@@ -310,12 +312,22 @@ class Trainer:
                           "init_from": str(Path(cfg.init_from).resolve()) if cfg.init_from else None,
                           "base_stores": self.base_stores,
                           "selected": {"step": self.pos.step} if self.best is None else self.best,
+                          "recipe": self._recipe(),
                           "data": data_summary(self.train_ds.stores, self.train_ds.split)}  # fmt: skip
             out = export(self.run_dir / "export", self.model, self.builder, self.objective.diffusion, weights,
                          trained_on, self.config_yaml)  # fmt: skip
         self.logger.close()
         parallelize.finish(self.dist)
         return out
+
+    def _recipe(self) -> dict:
+        """What made the export, for its card: the command and experiment, and the settings a recipe is told by."""
+        cfg = self.cfg
+        return {**self.command, "command": "robofm-finetune" if cfg.init_from else "robofm-train",
+                "mode": cfg.finetune.mode if cfg.init_from else "from scratch", "steps": self.pos.step,
+                "batch_size": cfg.data.batch_size, "lr": cfg.optim.lr, "schedule": cfg.optim.schedule,
+                "warmup_steps": cfg.optim.warmup_steps, "ema": cfg.optim.ema, "shift": cfg.data.shift,
+                "frame_weight": cfg.objective.frame_weight}  # fmt: skip
 
     def _export_weights(self) -> dict[str, torch.Tensor]:
         """What an export holds: the EMA weights when the run keeps an EMA, else the model's, with LoRA adapters

@@ -148,6 +148,9 @@ def test_multirun_sweeps_into_one_folder_per_run(tmp_path, tiny_store):
     for run, steps in zip(runs, (1, 2), strict=True):
         assert [m["step"] for m in read_metrics(run)] == list(range(1, steps + 1))
         assert (run / "export" / "model.safetensors").is_file()
+        recipe = (run / "export" / "README.md").read_text().split("## Recipe")[1].split("##")[0]  # the model card's
+        assert "`robofm-train experiment=debug tokenizer.patch_size=4" in recipe and f"trainer.max_steps={steps}" in recipe
+        assert f"from scratch, {steps} steps of 4 windows" in recipe and "hydra." not in recipe
 
 
 def test_shape_keys_override_the_size_and_a_bad_one_is_named(tiny_store):

@@ -55,6 +55,8 @@ def test_frozen_mode_trains_heads_and_embeddings_only(base, tmp_path):
     blocks = [n for n in tuned if n.startswith("backbone.blocks.")]
     assert blocks and all(torch.equal(tuned[n], pre[n]) for n in blocks)
     assert not torch.equal(tuned["token_head.weight"], pre["token_head.weight"])
+    card = (tmp_path / "run" / "export" / "README.md").read_text()  # the model card says which recipe made it
+    assert "`robofm-finetune`: fine-tuning with the Transformer blocks frozen, 3 steps of 4 windows at lr 0.01" in card
 
 
 def test_lora_trains_only_adapters_outside_the_heads_and_merges_back(base, tmp_path):

@@ -38,6 +38,7 @@ def test_the_card_says_what_trained_the_export_in_the_hubs_format(run):
     for how in ("robofm.load_policy(EXPORT)", "lerobot-eval --policy.path=EXPORT", "robofm-serve policy=EXPORT"):
         assert how in card.text
     assert "## Training config" in card.text and "max_steps: 2" in card.text
+    assert "## Recipe\n\n`robofm-train`: from scratch, 2 steps of 4 windows at lr" in card.text
     assert "Not evaluated yet" in card.text
 
 
