@@ -24,7 +24,8 @@ searches on the same footing; `--only NAME,...` runs some arms alone.
 Scoring: `robofm-eval-sim` for `--episodes` episodes per task and arm, on the same MT1 layouts for every arm, none of
 them used by any collected episode of the task (train_store names the task's whole store and the base's stores);
 pooled over the tasks with 95% Wilson intervals. Every step already done (a view, an export, a results.json) is kept,
-so the script resumes where it stopped. `--parallel 2` runs two arms at once with one thread each, and each arm's
+so the script resumes where it stopped. `--layout-seed 100` scores on other layouts (MT1 seed 100 on): recipes are
+chosen there, and reported on the default's. `--parallel 2` runs two arms at once with one thread each, and each arm's
 train and sim seconds are recorded.
 """
 
@@ -159,7 +160,7 @@ def cell(task: str, n: int, name: str, args, data: dict[str, Path], threads: int
             cmd.append(f"init_from={args.bases[init]}")
         seconds["train"] = run(cmd, run_dir / "train.log", threads)
         timing.write_text(json.dumps(seconds))
-    sim = run_dir / "sim"
+    sim = run_dir / ("sim" if not args.layout_seed else f"sim-seed{args.layout_seed}")
     if not (sim / "results.json").is_file():
         held = ",".join([str(data["store"]), *args.base_stores])
         seconds["sim"] = run(
@@ -169,6 +170,7 @@ def cell(task: str, n: int, name: str, args, data: dict[str, Path], threads: int
                 f"task={task}",
                 f"episodes={args.episodes}",
                 f"max_steps={args.max_steps}",
+                f"seed={args.layout_seed}",
                 f"train_store=[{held}]",
                 "videos=2",
                 f"out={sim}",
@@ -257,13 +259,15 @@ def report(results: dict, args, started: dict) -> str:
         "",
         f"Success pooled over the tasks ({args.episodes} episodes per task and arm, 95% Wilson interval):",
         "",
-        "| arm | " + " | ".join(f"{n} demos" for n in ns) + " | train min (mean, max) |",
+        "| arm | " + " | ".join(f"{n} demos" for n in ns) + " | minutes per arm: train, sim (mean; max) |",
         "|---|" + "---|" * len(ns) + "---:|",
     ]
     for name, by_n in table.items():
-        minutes = [c["seconds"].get("train", 0) / 60 for (_, _, a), c in results.items() if a == name]
+        cells = [c["seconds"] for (_, _, a), c in results.items() if a == name]
+        train, sim = ([s.get(k, 0) / 60 for s in cells] for k in ("train", "sim"))
         cols = [rate(*by_n[n]) if n in by_n else "-" for n in ns]
-        lines.append(f"| {name} | " + " | ".join(cols) + f" | {sum(minutes) / len(minutes):.1f}, {max(minutes):.1f} |")
+        minutes = f"{sum(train) / len(train):.1f}, {sum(sim) / len(sim):.1f}; {max(train):.1f}, {max(sim):.1f}"
+        lines.append(f"| {name} | " + " | ".join(cols) + f" | {minutes} |")
     lines += [
         "",
         "![success against demonstrations per arm](fewshot.png)",
@@ -314,6 +318,12 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--video", type=int, default=15, help="action-free episodes beside the smallest count (0: none)")
     p.add_argument("--episodes", type=int, default=20, help="simulated episodes per task and arm")
     p.add_argument("--max-steps", type=int, default=150, help="control steps per episode (the collector's cap)")
+    p.add_argument(
+        "--layout-seed",
+        type=int,
+        default=0,
+        help="MT1 seed the scored layouts start from: another one (100) gives dev layouts to choose recipes on",
+    )
     p.add_argument(
         "--arm",
         nargs="+",
