@@ -13,7 +13,7 @@ actions removed (action-free video: NO_ACTION tokens, no action loss).
 Arms, each fine-tuned on demos-N of every task and N of `--demos`:
 - base: `robofm-finetune experiment=finetune init_from=BASE`;
 - scratch: `robofm-train experiment=finetune`, the same recipe from a random initialisation;
-- scratch, tuned: `robofm-train experiment=finetune_scratch`, the recipe tuned for scratch (augmentation, its own
+- tuned scratch: `robofm-train experiment=finetune_scratch`, the recipe tuned for scratch (augmentation, its own
   steps and learning rate);
 - base without frames (with --base-noframe): a base pretrained with objective.frame_weight=0, fine-tuned as base;
 - base + action-free video (at the smallest N only): base fine-tuned on demos-N plus video-V.
@@ -54,7 +54,7 @@ VIDEO = "base + action-free video"
 ARMS = {  # name: (init, overrides)
     "base": ("base", []),
     "scratch": ("scratch", []),
-    "scratch, tuned": ("scratch", ["experiment=finetune_scratch"]),
+    "tuned scratch": ("scratch", ["experiment=finetune_scratch"]),
     "base without frames": ("base-noframe", []),
     VIDEO: ("base", ["data.path=[{demos},{video}]"]),
 }
@@ -287,7 +287,7 @@ def report(results: dict, args, started: dict) -> str:
 
 def bar_lines(table: dict, ns: list[int]) -> list[str]:
     """Issue 23's bars, where the table has what they read."""
-    scratch = [a for a in ("scratch", "scratch, tuned") if a in table]
+    scratch = [a for a in ("scratch", "tuned scratch") if a in table]
     if "base" not in table or not scratch or ns[0] not in table["base"]:
         return []
     lines = []
