@@ -374,7 +374,19 @@ def main() -> None:
     if not first.is_file():
         first.write_text(json.dumps({"at": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "load": load_now()}))
     started = json.loads(first.read_text())
-    args.base_stores = sorted({s for b in args.bases.values() if b for s in base_stores(b)})
+    stores = sorted({s for b in args.bases.values() if b for s in base_stores(b)})
+    args.base_stores = [s for s in stores if (Path(s) / "manifest.json").is_file()]
+    if len(args.base_stores) < len(stores):  # a base from another machine: its corpus may be elsewhere
+        held_out = all(t in HELD_OUT_TASKS for t in args.tasks)
+        print(
+            f"warning: the bases' training stores {sorted(set(stores) - set(args.base_stores))} are not on disk: "
+            + (
+                "pretraining refuses the held-out tasks, so they hold none of their layouts"
+                if held_out
+                else "their layouts of these tasks cannot be held out"
+            ),
+            file=sys.stderr,
+        )
     data = {task: task_data(task, args.root, args.demos, args.video) for task in args.tasks}
     threads = 1 if args.parallel > 1 else None
     results, failed = {}, []
