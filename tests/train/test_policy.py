@@ -108,3 +108,18 @@ def test_a_fork_shares_the_model_and_starts_its_own_episode(export):
     expected = [fresh.select_action(observation(t)) for t in range(5)]
     assert all(np.array_equal(a, b) for a, b in zip(first + rest, expected, strict=True))
     assert all(np.array_equal(a, b) for a, b in zip(forked, expected[:3], strict=True))
+
+
+def test_the_shipped_corpus_base_loads_as_a_policy_of_metaworlds_sawyer():
+    """bases/metaworld_ml45_tiny, the base the few-shot experiment fine-tunes, stays loadable as the code changes."""
+    from pathlib import Path
+
+    base = Path(__file__).resolve().parents[2] / "bases" / "metaworld_ml45_tiny"
+    policy = robofm.load_policy(base, seed=0)
+    assert policy.builder.cameras == ["corner2"] and policy.embodiment == "sawyer"
+    rng = np.random.default_rng(0)
+    for _ in range(3):
+        image = rng.integers(0, 256, (96, 96, 3), dtype=np.uint8)
+        action = policy.select_action({"images": {"corner2": image}, "state": np.zeros(4, np.float32),
+                                       "task": "insert the gripper into the hole"})  # fmt: skip
+        assert action.shape == (4,) and np.isfinite(action).all()
