@@ -26,12 +26,14 @@ them used by any collected episode of the task (train_store names the task's who
 pooled over the tasks with 95% Wilson intervals. Every step already done (a view, an export, a results.json) is kept,
 so the script resumes where it stopped. `--layout-seed 100` scores on other layouts (MT1 seed 100 on): recipes are
 chosen there, and reported on the default's. `--parallel 2` runs two arms at once with one thread each, and each arm's
-train and sim seconds are recorded.
+train and sim seconds are recorded. `--report` prints the table of the cells scored so far (of this grid or one still
+running, whose cells it never starts) and names the rest.
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import os
 import re
@@ -133,12 +135,19 @@ def slug(name: str) -> str:
     return re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
 
 
+class NotScored(Exception):
+    """--report: the cell has no results.json yet."""
+
+
 def cell(task: str, n: int, name: str, args, data: dict[str, Path], threads: int | None) -> dict:
     """Fine-tune one arm on demos-n of the task (unless its export exists) and score it (unless scored)."""
     init, overrides = args.arms[name]
     run_dir = args.out / task / f"demos{n}" / slug(name)
+    sim = run_dir / ("sim" if not args.layout_seed else f"sim-seed{args.layout_seed}")
+    if args.report and not (sim / "results.json").is_file():
+        raise NotScored(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    fill = {"demos": str(data[f"demos-{n}"]), "video": str(data.get(f"video-{args.video}", ""))}
+    fill = {"demos": str(data.get(f"demos-{n}", "")), "video": str(data.get(f"video-{args.video}", ""))}
     overrides = [o.format(**fill) for o in overrides]
     train = [o for o in overrides if not o.startswith("sim:")]
     sim_keys = [o[4:] for o in overrides if o.startswith("sim:")]
@@ -160,7 +169,6 @@ def cell(task: str, n: int, name: str, args, data: dict[str, Path], threads: int
             cmd.append(f"init_from={args.bases[init]}")
         seconds["train"] = run(cmd, run_dir / "train.log", threads)
         timing.write_text(json.dumps(seconds))
-    sim = run_dir / ("sim" if not args.layout_seed else f"sim-seed{args.layout_seed}")
     if not (sim / "results.json").is_file():
         held = ",".join([str(data["store"]), *args.base_stores])
         seconds["sim"] = run(
@@ -241,7 +249,7 @@ def plot(table: dict, args, path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
-def report(results: dict, args, started: dict) -> str:
+def report(results: dict, args, started: dict, pending: list) -> str:
     table = {name: {} for name in args.arms}
     for (_task, n, name), c in results.items():
         k, m = table[name].get(n, (0, 0))
@@ -281,6 +289,10 @@ def report(results: dict, args, started: dict) -> str:
         for n in ns:
             cols = [rate(*pooled([results[(task, n, a)]])) if (task, n, a) in results else "-" for a in table]
             lines.append(f"| {task} | {n} | " + " | ".join(cols) + " |")
+    if pending:
+        count = collections.Counter((a, n) for _, n, a in pending)
+        missing = "; ".join(f"{a} with {n} demos on {k} task(s)" for (a, n), k in count.items())
+        lines += ["", f"Not scored yet ({len(pending)} of {len(pending) + len(results)} cells): {missing}."]
     bars = bar_lines(table, ns)
     return "\n".join(lines + ([""] + bars if bars else []))
 
@@ -338,6 +350,11 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--parallel", type=int, default=2, help="arms at once (one thread each when > 1)")
     p.add_argument("--overrides", nargs="*", default=[], help="training overrides for every arm")
     p.add_argument("--write-results", action="store_true")
+    p.add_argument(
+        "--report",
+        action="store_true",
+        help="report the cells scored so far (of this or a running grid); train and score nothing",
+    )
     args = p.parse_args(argv)
     args.tasks = HELD_OUT_TASKS if args.tasks == "ml45-test" else [t for t in args.tasks.split(",") if t]
     args.demos = sorted(int(n) for n in args.demos.split(","))
@@ -387,21 +404,25 @@ def main() -> None:
             ),
             file=sys.stderr,
         )
-    data = {task: task_data(task, args.root, args.demos, args.video) for task in args.tasks}
+    data = {} if args.report else {task: task_data(task, args.root, args.demos, args.video) for task in args.tasks}
     threads = 1 if args.parallel > 1 else None
-    results, failed = {}, []
-    with ThreadPoolExecutor(args.parallel) as pool:
-        futures = {job: pool.submit(cell, *job, args, data[job[0]], threads) for job in jobs(args)}
+    results, failed, pending = {}, [], []
+    with ThreadPoolExecutor(1 if args.report else args.parallel) as pool:
+        futures = {job: pool.submit(cell, *job, args, data.get(job[0], {}), threads) for job in jobs(args)}
         for job, f in futures.items():
             try:
                 results[job] = f.result()
+            except NotScored:
+                pending.append(job)
             except Exception as e:  # noqa: BLE001 -- one failed arm must not lose the others' table
                 failed.append(job)
                 print(f"{' / '.join(map(str, job))} failed: {e}", file=sys.stderr)
+    if pending:
+        print(f"--report: {len(pending)} of {len(futures)} cells are not scored yet", file=sys.stderr)
     (args.out / "results.json").write_text(
         json.dumps([{"task": t, "demos": n, "arm": a, **c} for (t, n, a), c in results.items()], indent=1)
     )
-    publish(SECTION, report(results, args, started), args.write_results and not failed)
+    publish(SECTION, report(results, args, started, pending), args.write_results and not failed)
     if failed:
         sys.exit(f"{len(failed)} arm(s) failed: rerun the same command to retry them (finished ones are kept)")
 
