@@ -162,6 +162,7 @@ def cell(task: str, n: int, name: str, args, data: dict[str, Path], threads: int
             f"hydra.run.dir={run_dir}",
             "seed=0",
             "resume=auto",
+            "trainer.max_minutes=null",  # every arm trains all its steps, however loaded the machine
             *[o for o in train if not o.startswith("experiment=")],
             *args.overrides,
         ]
