@@ -239,6 +239,7 @@ def plot(table: dict, args, path: Path) -> None:
         ax.errorbar(x, p, yerr=err, marker="o" if len(ns) > 1 else "s", capsize=3, label=label)
     ax.set_xscale("log")
     ax.set_xticks(sorted(args.demos), [str(n) for n in sorted(args.demos)])
+    ax.minorticks_off()  # the log axis's minor labels would crowd out the demonstration counts
     ax.set_xlabel("demonstrations per task")
     ax.set_ylabel(f"success, pooled over {len(args.tasks)} tasks (95% Wilson)")
     ax.set_ylim(-0.02, 1.02)
