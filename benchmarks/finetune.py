@@ -172,7 +172,7 @@ def cell(task: str, n: int, name: str, args, data: dict[str, Path], threads: int
         timing.write_text(json.dumps(seconds))
     if not (sim / "results.json").is_file():
         held = ",".join([str(data["store"]), *args.base_stores])
-        seconds["sim"] = run(
+        seconds[sim.name] = run(  # "sim", or "sim-seed100" for the dev layouts: each scoring keeps its time
             [
                 str(BIN / "robofm-eval-sim"),
                 f"policy={run_dir}",
@@ -185,7 +185,7 @@ def cell(task: str, n: int, name: str, args, data: dict[str, Path], threads: int
                 f"out={sim}",
                 *sim_keys,
             ],
-            run_dir / "sim.log",
+            run_dir / f"{sim.name}.log",
             threads,
         )
         timing.write_text(json.dumps(seconds))
@@ -193,7 +193,7 @@ def cell(task: str, n: int, name: str, args, data: dict[str, Path], threads: int
     return {
         "successes": result["successes"],
         "episodes": result["episodes"],
-        "seconds": seconds,
+        "seconds": {"train": seconds.get("train", 0), "sim": seconds.get(sim.name, 0)},
         "layouts": [(r["layout"]["mt1_seed"], r["layout"]["mt1_index"]) for r in result["rollouts"]],
     }
 
@@ -257,7 +257,8 @@ def report(results: dict, args, started: dict, pending: list) -> str:
         k, m = table[name].get(n, (0, 0))
         table[name][n] = (k + c["successes"], m + c["episodes"])
     table = {name: by_n for name, by_n in table.items() if by_n}
-    plot(table, args, REPO / "benchmarks" / "fewshot.png")
+    # RESULTS.md's plot only with --write-results: a dev or partial run draws beside its runs
+    plot(table, args, (REPO / "benchmarks" if args.write_results else args.out) / "fewshot.png")
     ns = sorted(args.demos)
     command = shlex.join(sys.argv[1:])
     lines = [
