@@ -163,9 +163,10 @@ def _recipe(recipe: dict | None) -> list[str]:
     ema = f", EMA {recipe['ema']:g} of the weights" if recipe.get("ema") else ""
     shift = f", random shifts of up to {recipe['shift']} px" if recipe.get("shift") else ""
     frames = "" if recipe.get("frame_weight", 1) else ", without the frame objective"
+    norm = ", the base's normalization statistics for the embodiments it knows" if recipe.get("norm") == "base" else ""
     return ["## Recipe", "",
             f"`{command}`: {how}, {recipe['steps']} steps of {recipe['batch_size']} windows at lr {recipe['lr']:g} "
-            f"({recipe['schedule']}, {recipe['warmup_steps']} warmup steps){ema}{shift}{frames}.", ""]  # fmt: skip
+            f"({recipe['schedule']}, {recipe['warmup_steps']} warmup steps){ema}{shift}{frames}{norm}.", ""]  # fmt: skip
 
 
 def _evaluations(evals: list[dict]) -> list[str]:

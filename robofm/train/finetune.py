@@ -4,7 +4,10 @@ to new data, load its weights, and choose what trains.
 A new embodiment (other state and action dimensions, its own statistics) is added, not substituted:
 - the tokenizers and vocabulary stay the pretrained ones, so every token id keeps its meaning;
 - embodiments the base knows keep their embedding row; new ones take the next free rows (fresh initialisation);
-- normalization statistics come from the new data for its embodiments (the base's are kept for the others);
+- normalization statistics (finetune.norm): "data" fits them to the new data for its embodiments and keeps the
+  base's for the others; "base" keeps the base's for every embodiment it knows, so that a normalized state and an
+  action bin mean what they meant in pretraining (openpi reuses its base's statistics for the robots it knows),
+  and fits only new embodiments to the data;
 - the state projection grows to the larger state dimension: the base's input columns are copied and the new
   ones start from the usual initialisation; so do camera and patch-position embeddings for more cameras or
   patches. Action dimensions need no new parameters (binning shares its bins across dimensions).
@@ -30,28 +33,37 @@ from robofm.tokenizers.action import Normalizer
 
 log = logging.getLogger(__name__)
 MODES = ("full", "frozen", "lora")
+NORMS = ("data", "base")
 LORA_TARGETS = ["qkv", "out", "gate_up", "down"]  # the Linear layers of attention and MLP in each block
 
 
 @dataclass
 class FinetuneConfig:
     """What trains when the run starts from a base (`init_from=EXPORT`): mode full | frozen | lora; lora_rank and
-    lora_alpha: the adapters' rank and scale (alpha / rank)."""
+    lora_alpha: the adapters' rank and scale (alpha / rank); norm: data | base, whose normalization statistics an
+    embodiment the base knows gets (module docstring)."""
 
     mode: str = "full"
     lora_rank: int = 8
     lora_alpha: float = 16.0
+    norm: str = "data"
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise UsageError(f"finetune.mode must be one of {', '.join(MODES)}, not {self.mode!r}")
+        if self.norm not in NORMS:
+            raise UsageError(f"finetune.norm must be one of {', '.join(NORMS)}, not {self.norm!r}")
         if self.lora_rank < 1:
             raise UsageError(f"finetune.lora_rank must be >= 1, not {self.lora_rank}")
 
 
-def adapt_builder(base: SequenceBuilder, dataset, seq: SequenceConfig) -> SequenceBuilder:
+def adapt_builder(base: SequenceBuilder, dataset, seq: SequenceConfig, norm: str = "data") -> SequenceBuilder:
     """The base's tokenization for `dataset` (an EpisodeWindowDataset): see the module docstring."""
     new_state, new_action = dataset_normalizers(dataset, seq)
+    if norm == "base":
+        for name, new, old in (("state", new_state, base.state_norm), ("action", new_action, base.action_norm)):
+            for emb in set(new.bounds) & set(old.bounds):
+                _warn_outside(name, emb, new.bounds.pop(emb), old.bounds[emb])
     seq = replace(seq, action_tokens=base.cfg.action_tokens)  # the base's action tokenizer sets the chunk slots
     names = sorted({e for st in dataset.stores for e in st.manifest["embodiments"]})
     embodiments = base.embodiments + [e for e in names if e not in base.embodiments]
@@ -69,6 +81,16 @@ def adapt_builder(base: SequenceBuilder, dataset, seq: SequenceConfig) -> Sequen
         embodiments=embodiments, cameras=dataset.cameras, frame_shape=frame_shape,
         state_dim=max(base.state_dim, dataset.state_dim), action_dim=max(base.action_dim, dataset.action_dim),
     )  # fmt: skip
+
+
+def _warn_outside(name: str, emb: str, data: tuple, base: tuple) -> None:
+    """finetune.norm=base: say where the new data's 1-99% range leaves the base's (those values clip to it)."""
+    (lo, hi), (blo, bhi) = data, base
+    out = [i for i in range(min(len(lo), len(blo))) if lo[i] < blo[i] or hi[i] > bhi[i]]
+    if out:
+        log.warning("finetune.norm=base: %s dims %s of %r range over [%s] in the new data, beyond the base's [%s]: "
+                    "values outside clip", name, out, emb, ", ".join(f"{lo[i]:.3g}..{hi[i]:.3g}" for i in out),
+                    ", ".join(f"{blo[i]:.3g}..{bhi[i]:.3g}" for i in out))  # fmt: skip
 
 
 def _bounds(norm: Normalizer) -> dict:

@@ -79,7 +79,7 @@ class Trainer:
         # a resumed run keeps the tokenization of the run it resumes (a FAST fit on other data would differ)
         saved = resume.parent.parent / "tokenization" if resume else None
         if base is not None and saved is None:
-            self.builder = finetune.adapt_builder(base.builder, fit_ds, cfg.sequence)
+            self.builder = finetune.adapt_builder(base.builder, fit_ds, cfg.sequence, cfg.finetune.norm)
         else:
             self.builder = build_builder(cfg, fit_ds, saved)
         # a fresh start replaces what a run killed before its first checkpoint left (its config may have differed)
@@ -327,7 +327,8 @@ class Trainer:
                 "mode": cfg.finetune.mode if cfg.init_from else "from scratch", "steps": self.pos.step,
                 "batch_size": cfg.data.batch_size, "lr": cfg.optim.lr, "schedule": cfg.optim.schedule,
                 "warmup_steps": cfg.optim.warmup_steps, "ema": cfg.optim.ema, "shift": cfg.data.shift,
-                "frame_weight": cfg.objective.frame_weight}  # fmt: skip
+                "frame_weight": cfg.objective.frame_weight,
+                "norm": cfg.finetune.norm if cfg.init_from else None}  # fmt: skip
 
     def _export_weights(self) -> dict[str, torch.Tensor]:
         """What an export holds: the EMA weights when the run keeps an EMA, else the model's, with LoRA adapters

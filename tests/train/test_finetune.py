@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from robofm.errors import UsageError
 from robofm.models.pretrained import from_pretrained
 from robofm.models.robofm import RobofmModel
 from robofm.train.finetune import FinetuneConfig, apply_mode, load_base_weights, merge_lora, trainable
@@ -155,3 +156,21 @@ def test_the_finetune_recipe_runs_and_exports_its_best_validation(base, tmp_path
     exported = load_file(str(run / "export" / "model.safetensors"))
     kept = load_file(str(run / "best" / "model.safetensors"))
     assert all(torch.equal(exported[k], kept[k]) for k in kept)
+
+
+def test_norm_base_keeps_the_base_statistics_of_a_known_embodiment(base, tmp_path):
+    """finetune.norm=base: a state or action bin means what it meant in pretraining; the default fits the data."""
+    base_dir, _ = base
+    pre = from_pretrained(base_dir).builder
+    same = make_store(tmp_path / "arm", n=2, length=24)  # the base's embodiment; longer: other statistics
+    fitted = finetune(tmp_path / "data", base_dir, same).builder
+    kept = finetune(tmp_path / "base", base_dir, same, "finetune.norm=base").builder
+    for name in ("state_norm", "action_norm"):
+        base_lo, base_hi = getattr(pre, name).bounds["arm"]
+        lo, hi = getattr(kept, name).bounds["arm"]
+        assert lo.tolist() == base_lo.tolist() and hi.tolist() == base_hi.tolist()
+    assert fitted.state_norm.bounds["arm"][1].tolist() != pre.state_norm.bounds["arm"][1].tolist()
+    card = (tmp_path / "base" / "export" / "README.md").read_text()
+    assert "the base's normalization statistics" in card
+    with pytest.raises(UsageError, match="finetune.norm"):
+        FinetuneConfig(norm="dataset")
