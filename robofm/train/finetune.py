@@ -86,7 +86,8 @@ def adapt_builder(base: SequenceBuilder, dataset, seq: SequenceConfig, norm: str
 def _warn_outside(name: str, emb: str, data: tuple, base: tuple) -> None:
     """finetune.norm=base: say where the new data's 1-99% range leaves the base's (those values clip to it)."""
     (lo, hi), (blo, bhi) = data, base
-    out = [i for i in range(min(len(lo), len(blo))) if lo[i] < blo[i] or hi[i] > bhi[i]]
+    tol = 0.01 * (bhi - blo)  # a hair's breadth (q01 of -1.0 against the base's -0.9999) is no news
+    out = [i for i in range(min(len(lo), len(blo))) if lo[i] < blo[i] - tol[i] or hi[i] > bhi[i] + tol[i]]
     if out:
         log.warning("finetune.norm=base: %s dims %s of %r range over [%s] in the new data, beyond the base's [%s]: "
                     "values outside clip", name, out, emb, ", ".join(f"{lo[i]:.3g}..{hi[i]:.3g}" for i in out),

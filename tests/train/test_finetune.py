@@ -158,13 +158,16 @@ def test_the_finetune_recipe_runs_and_exports_its_best_validation(base, tmp_path
     assert all(torch.equal(exported[k], kept[k]) for k in kept)
 
 
-def test_norm_base_keeps_the_base_statistics_of_a_known_embodiment(base, tmp_path):
-    """finetune.norm=base: a state or action bin means what it meant in pretraining; the default fits the data."""
+def test_norm_base_keeps_the_base_statistics_of_a_known_embodiment(base, tmp_path, caplog):
+    """finetune.norm=base: a state or action bin means what it meant in pretraining, and the log says which
+    dimensions of the new data leave the base's range; the default fits the data."""
     base_dir, _ = base
     pre = from_pretrained(base_dir).builder
     same = make_store(tmp_path / "arm", n=2, length=24)  # the base's embodiment; longer: other statistics
     fitted = finetune(tmp_path / "data", base_dir, same).builder
-    kept = finetune(tmp_path / "base", base_dir, same, "finetune.norm=base").builder
+    with caplog.at_level("WARNING", logger="robofm.train.finetune"):
+        kept = finetune(tmp_path / "base", base_dir, same, "finetune.norm=base").builder
+    assert "finetune.norm=base: state dims [0] of 'arm'" in caplog.text  # state[t, 0] = t runs to 23, not 15
     for name in ("state_norm", "action_norm"):
         base_lo, base_hi = getattr(pre, name).bounds["arm"]
         lo, hi = getattr(kept, name).bounds["arm"]
