@@ -63,7 +63,7 @@ def adapt_builder(base: SequenceBuilder, dataset, seq: SequenceConfig, norm: str
     if norm == "base":
         for name, new, old in (("state", new_state, base.state_norm), ("action", new_action, base.action_norm)):
             for emb in set(new.bounds) & set(old.bounds):
-                _warn_outside(name, emb, new.bounds.pop(emb), old.bounds[emb])
+                _warn_outside(name, emb, new.bounds[emb], old.bounds[emb])
     seq = replace(seq, action_tokens=base.cfg.action_tokens)  # the base's action tokenizer sets the chunk slots
     names = sorted({e for st in dataset.stores for e in st.manifest["embodiments"]})
     embodiments = base.embodiments + [e for e in names if e not in base.embodiments]
@@ -76,8 +76,7 @@ def adapt_builder(base: SequenceBuilder, dataset, seq: SequenceConfig, norm: str
                     "untrained)", frame_shape[:2], base.frame_shape[:2])  # fmt: skip
     return SequenceBuilder(
         seq, text=base.text, actions=base.actions, image=base.image, vocab=base.vocab,
-        state_norm=Normalizer(_bounds(base.state_norm) | _bounds(new_state)),
-        action_norm=Normalizer(_bounds(base.action_norm) | _bounds(new_action)),
+        state_norm=_merged(base.state_norm, new_state, norm), action_norm=_merged(base.action_norm, new_action, norm),
         embodiments=embodiments, cameras=dataset.cameras, frame_shape=frame_shape,
         state_dim=max(base.state_dim, dataset.state_dim), action_dim=max(base.action_dim, dataset.action_dim),
     )  # fmt: skip
@@ -92,6 +91,12 @@ def _warn_outside(name: str, emb: str, data: tuple, base: tuple) -> None:
         log.warning("finetune.norm=base: %s dims %s of %r range over [%s] in the new data, beyond the base's [%s]: "
                     "values outside clip", name, out, emb, ", ".join(f"{lo[i]:.3g}..{hi[i]:.3g}" for i in out),
                     ", ".join(f"{blo[i]:.3g}..{bhi[i]:.3g}" for i in out))  # fmt: skip
+
+
+def _merged(base: Normalizer, new: Normalizer, norm: str) -> Normalizer:
+    """The base's statistics with the new data's added; for an embodiment both know, the new data's (norm=data) or
+    the base's (norm=base)."""
+    return Normalizer(_bounds(base) | _bounds(new) | (_bounds(base) if norm == "base" else {}))
 
 
 def _bounds(norm: Normalizer) -> dict:
